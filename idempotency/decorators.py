@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, TypeVar, overload
+
+from asgiref.sync import iscoroutinefunction, sync_to_async
+from django.http import HttpRequest
+
+from idempotency import engine
+from idempotency.conf import idempotency_settings
+
+V = TypeVar("V", bound=Callable[..., Any])
+
+
+def idempotency_exempt(view: V) -> V:
+    """Turn protection off for one view (a function view, ``as_view()`` or a DRF action)."""
+    if iscoroutinefunction(view):
+
+        @functools.wraps(view)
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            return await view(*args, **kwargs)
+
+        wrapper: Any = async_wrapper
+    else:
+
+        @functools.wraps(view)
+        def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+            return view(*args, **kwargs)
+
+        wrapper = sync_wrapper
+    wrapper.idempotency_exempt = True
+    return wrapper  # type: ignore[no-any-return]
+
+
+@overload
+def idempotent(view: V) -> V: ...
+@overload
+def idempotent(
+    view: None = None,
+    *,
+    required: bool | None = None,
+    ttl: float | timedelta | None = None,
+    atomic: bool | None = None,
+    lock_timeout: float | timedelta | None = None,
+    concurrent_wait: float | timedelta | None = None,
+    key_func: Callable[[Any], str | None] | None = None,
+    fingerprint_func: Callable[[Any], str] | None = None,
+    scope_func: Callable[[Any], str] | None = None,
+) -> Callable[[V], V]: ...
+def idempotent(
+    view: V | None = None,
+    *,
+    required: bool | None = None,
+    ttl: float | timedelta | None = None,
+    atomic: bool | None = None,
+    lock_timeout: float | timedelta | None = None,
+    concurrent_wait: float | timedelta | None = None,
+    key_func: Callable[[Any], str | None] | None = None,
+    fingerprint_func: Callable[[Any], str] | None = None,
+    scope_func: Callable[[Any], str] | None = None,
+) -> V | Callable[[V], V]:
+    """Protect a function view, with or without the middleware.
+
+    Every option defaults to the ``IDEMPOTENCY`` setting of the same name.
+    ``key_func(request) -> str | None`` takes the key from elsewhere than the
+    header (a webhook's event id); ``fingerprint_func(request) -> str`` and
+    ``scope_func(request) -> str`` replace the fingerprint and the scope.
+    """
+    options = engine.Options(
+        required=required,
+        ttl=ttl,
+        atomic=atomic,
+        lock_timeout=lock_timeout,
+        concurrent_wait=concurrent_wait,
+        key_func=key_func,
+        fingerprint_func=fingerprint_func,
+        scope_func=scope_func,
+    )
+
+    def decorate(func: V) -> V:
+        if iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def async_view(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+                if _skip(request):
+                    return await func(request, *args, **kwargs)
+                outcome = await sync_to_async(engine.start)(request, request, options)
+                if outcome is None:
+                    return await func(request, *args, **kwargs)
+                if not isinstance(outcome, engine.Claim):
+                    return outcome
+                await sync_to_async(outcome.enter_atomic)()
+                try:
+                    response = await func(request, *args, **kwargs)
+                except BaseException:
+                    await sync_to_async(outcome.abort)()
+                    raise
+                return await sync_to_async(outcome.finish)(response)
+
+            wrapper: Any = async_view
+        else:
+
+            @functools.wraps(func)
+            def sync_view(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+                if _skip(request):
+                    return func(request, *args, **kwargs)
+                outcome = engine.start(request, request, options)
+                if outcome is None:
+                    return func(request, *args, **kwargs)
+                if not isinstance(outcome, engine.Claim):
+                    return outcome
+                return outcome.run(func, request, *args, **kwargs)
+
+            wrapper = sync_view
+        wrapper.idempotency_managed = True
+        return wrapper  # type: ignore[no-any-return]
+
+    if view is not None:
+        return decorate(view)
+    return decorate
+
+
+def _skip(request: HttpRequest) -> bool:
+    return request.method not in idempotency_settings.get().methods or getattr(
+        request, engine.HANDLED_ATTR, False
+    )

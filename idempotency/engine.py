@@ -1,0 +1,496 @@
+"""The one place that decides: claim, replay, conflict, complete, release.
+
+The middleware, the DRF mixin and the decorators only find the key's options
+and call :func:`start`, then run the view and hand its response to
+:meth:`Claim.finish` (or :meth:`Claim.abort` when it raised).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.db import Error as DatabaseError
+from django.db import transaction
+from django.http import HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
+from django.utils import timezone
+
+from idempotency import store as store_module
+from idempotency.conf import Resolved, idempotency_settings
+from idempotency.fingerprints import BodyTooLarge, default_fingerprint
+from idempotency.keys import InvalidKey, parse_header, validate_key
+from idempotency.problems import problem
+
+logger = logging.getLogger("idempotency")
+
+#: Set on the ``HttpRequest`` once an adapter has taken charge of it, so that a
+#: second adapter (middleware around a decorated view) never claims it again.
+HANDLED_ATTR = "_idempotency_handled"
+
+REPLAYED_HEADER = "Idempotent-Replayed"
+
+#: Never stored, never replayed: cookies and dates belong to the response that
+#: carried them, hop-by-hop headers to the connection.
+UNSTORED_HEADERS = frozenset(
+    {
+        "set-cookie",
+        "date",
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        REPLAYED_HEADER.lower(),
+    }
+)
+
+_POLL_FIRST = 0.02
+_POLL_MAX = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """Per-view options; ``None`` means "use the ``IDEMPOTENCY`` setting"."""
+
+    required: bool | None = None
+    ttl: float | timedelta | None = None
+    atomic: bool | None = None
+    lock_timeout: float | timedelta | None = None
+    concurrent_wait: float | timedelta | None = None
+    key_func: Callable[[Any], str | None] | None = None
+    fingerprint_func: Callable[[Any], str] | None = None
+    scope_func: Callable[[Any], str] | None = None
+
+
+DEFAULT_OPTIONS = Options()
+
+
+def _seconds(value: float | timedelta | None, default: float) -> float:
+    if value is None:
+        return default
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    return float(value)
+
+
+def _hash(value: str) -> str:
+    return hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def default_scope(request: Any, http_request: HttpRequest) -> str:
+    """The authenticated user's pk; else a hash of ``Authorization``; else anonymous."""
+    user = getattr(request, "user", None)
+    if user is not None and user.is_authenticated:
+        return f"user:{user.pk}"
+    authorization = http_request.META.get("HTTP_AUTHORIZATION")
+    if authorization:
+        return "authorization:" + _hash(authorization)
+    return "anonymous"
+
+
+def storable_headers(response: HttpResponseBase) -> list[list[str]]:
+    return [
+        [name, value]
+        for name, value in response.headers.items()
+        if name.lower() not in UNSTORED_HEADERS
+    ]
+
+
+def replay(status: int, headers: list[list[str]], body: bytes) -> HttpResponse:
+    response = HttpResponse(body, status=status)
+    response_headers = response.headers
+    del response_headers["Content-Type"]
+    for name, value in headers:
+        response_headers[name] = value
+    response_headers[REPLAYED_HEADER] = "true"
+    return response
+
+
+def _store_unavailable(settings: Resolved) -> HttpResponse:
+    return problem(
+        "idempotency_store_unavailable",
+        503,
+        "The idempotency store could not be reached, so the request was not processed. "
+        "It is safe to retry with the same key.",
+        settings,
+        retry_after=settings.retry_after,
+    )
+
+
+def _locked(settings: Resolved) -> HttpResponse:
+    return problem(
+        "idempotency_key_locked",
+        409,
+        "A request with this key is still being processed. Retry after it completes.",
+        settings,
+        retry_after=settings.retry_after,
+    )
+
+
+def _mismatch(settings: Resolved) -> HttpResponse:
+    return problem(
+        "idempotency_key_mismatch",
+        settings.mismatch_status,
+        "This key was already used with a different request (method, path, headers or body).",
+        settings,
+    )
+
+
+class Claim:
+    """A key this request holds: run the view, then :meth:`finish` or :meth:`abort`."""
+
+    __slots__ = (
+        "_atomic",
+        "atomic",
+        "fence",
+        "fingerprint",
+        "id",
+        "key",
+        "scope",
+        "settings",
+        "store",
+        "ttl",
+    )
+
+    def __init__(
+        self,
+        *,
+        key_id: int,
+        fence: int,
+        scope: str,
+        key: str,
+        fingerprint: str,
+        settings: Resolved,
+        ttl: float,
+        atomic: bool,
+    ) -> None:
+        self.id = key_id
+        self.fence = fence
+        self.scope = scope
+        self.key = key
+        self.fingerprint = fingerprint
+        self.settings = settings
+        self.ttl = ttl
+        self.atomic = atomic
+        self.store = store_module.Store(settings.database)
+        self._atomic: transaction.Atomic | None = None
+
+    # -- the view's transaction -------------------------------------------------------
+
+    def enter_atomic(self) -> None:
+        """Open the transaction the view and the stored response share (``ATOMIC``)."""
+        if self.atomic and self._atomic is None:
+            self._atomic = transaction.atomic(using=self.settings.database)
+            self._atomic.__enter__()
+
+    def _close_atomic(self, *, commit: bool) -> None:
+        block, self._atomic = self._atomic, None
+        if block is None:
+            return
+        if not commit:
+            transaction.set_rollback(True, using=self.settings.database)
+        block.__exit__(None, None, None)
+
+    def run(self, view: Callable[..., HttpResponseBase], *args: Any, **kwargs: Any) -> Any:
+        """Run a sync view under this claim and return the response to send."""
+        self.enter_atomic()
+        try:
+            response = view(*args, **kwargs)
+        except BaseException:
+            self.abort()
+            raise
+        return self.finish(response)
+
+    # -- endings ----------------------------------------------------------------------
+
+    def abort(self) -> None:
+        """The view raised: undo its writes (``ATOMIC``) and free the key for a retry."""
+        try:
+            self._close_atomic(commit=False)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        try:
+            self.store.release(self.id, self.fence, now=timezone.now())
+        except DatabaseError:
+            logger.exception(
+                "Could not release idempotency key %r; it frees itself when its lease ends.",
+                self.key,
+            )
+
+    def finish(self, response: HttpResponseBase) -> HttpResponseBase:
+        """Store a storable response with the view's writes, or release the key."""
+        settings = self.settings
+        if response.streaming:
+            # A stream cannot be stored. The view's writes stand, as they would without
+            # the app, and a retry runs the view again.
+            logger.warning(
+                "Streaming response for idempotency key %r was not stored; released.", self.key
+            )
+            return self._end_unstored(response, commit=True)
+        if not getattr(response, "is_rendered", True):
+            try:
+                response = response.render()  # type: ignore[attr-defined]
+            except BaseException:
+                self.abort()
+                raise
+        status = response.status_code
+        if status in settings.non_storable:
+            return self._end_unstored(response, commit=False)
+
+        assert isinstance(response, HttpResponse)
+        if self._atomic is not None and transaction.get_rollback(using=settings.database):
+            # The view's own error handling (e.g. DRF's) asked for its writes to be undone:
+            # do that, and store the response it answered with on its own.
+            self._close_atomic(commit=False)
+        now = timezone.now()
+        try:
+            stored = self.store.complete(
+                self.id,
+                self.fence,
+                now=now,
+                expires_at=now + timedelta(seconds=self.ttl),
+                status=status,
+                headers=storable_headers(response),
+                body=response.content,
+            )
+        except DatabaseError:
+            logger.exception("Could not store the response for idempotency key %r.", self.key)
+            return self._store_failed(response)
+        if not stored:
+            return self._fenced_out(response)
+        try:
+            self._close_atomic(commit=True)
+        except DatabaseError:
+            logger.exception("Could not commit the response for idempotency key %r.", self.key)
+            return self._store_failed(response)
+        return response
+
+    def discard(self, response: HttpResponseBase) -> HttpResponseBase:
+        """Send ``response`` without storing it: undo the view's writes, free the key."""
+        return self._end_unstored(response, commit=False)
+
+    def _end_unstored(self, response: HttpResponseBase, *, commit: bool) -> HttpResponseBase:
+        try:
+            self._close_atomic(commit=commit)
+        except DatabaseError:
+            logger.exception("Could not commit the view's writes for key %r.", self.key)
+            self._release()
+            return _store_unavailable(self.settings)
+        self._release()
+        return response
+
+    def _store_failed(self, response: HttpResponseBase) -> HttpResponseBase:
+        # self.atomic, not "is the block still open": the block is already closed (rolled
+        # back) when the view asked for a rollback or lost its connection mid-transaction.
+        was_atomic = self.atomic
+        self._close_atomic(commit=False)
+        if was_atomic:
+            # Nothing the view wrote was kept, so the client may safely retry.
+            self._release()
+            return _store_unavailable(self.settings)
+        # ATOMIC = False: the view's effects happened and cannot be undone. Send its
+        # response; the key frees itself when its lease ends.
+        return response
+
+    def _fenced_out(self, response: HttpResponseBase) -> HttpResponseBase:
+        """Another request took the key over after this one's lease ran out."""
+        was_atomic = self.atomic
+        self._close_atomic(commit=False)
+        logger.warning(
+            "Idempotency key %r was taken over after its lease ended; this request's "
+            "response was %s.",
+            self.key,
+            "rolled back" if was_atomic else "sent but not stored",
+        )
+        if not was_atomic:
+            return response
+        try:
+            existing = self.store.fetch(scope=self.scope, key=self.key, now=timezone.now())
+        except DatabaseError:
+            return _store_unavailable(self.settings)
+        if (
+            existing is not None
+            and existing.state == store_module.COMPLETED
+            and existing.fingerprint == self.fingerprint
+            and existing.status is not None
+        ):
+            return replay(existing.status, existing.headers or [], existing.body or b"")
+        return _locked(self.settings)
+
+
+def _read_key(
+    request: Any, http_request: HttpRequest, options: Options, settings: Resolved
+) -> str | None:
+    if options.key_func is not None:
+        try:
+            value = options.key_func(request)
+        except Exception as exc:
+            logger.warning("key_func raised for %s %s", http_request.method, http_request.path)
+            raise InvalidKey("The key could not be read from the request.") from exc
+        if value is None:
+            return None
+        return validate_key(str(value), settings.max_key_length)
+    raw = http_request.META.get(settings.header_meta)
+    if raw is None:
+        return None
+    return parse_header(raw, settings.max_key_length)
+
+
+def start(
+    request: Any,
+    http_request: HttpRequest,
+    options: Options = DEFAULT_OPTIONS,
+) -> Claim | HttpResponse | None:
+    """Decide what happens to a request before its view runs.
+
+    ``request`` is what hooks receive (a DRF ``Request`` in the mixin),
+    ``http_request`` the Django request beneath it. Returns ``None`` when the
+    request is not protected (no key and none required), a response to send
+    instead of running the view, or a :class:`Claim` to run the view under.
+    """
+    settings = idempotency_settings.get()
+    required = settings.required if options.required is None else options.required
+    try:
+        key = _read_key(request, http_request, options, settings)
+    except InvalidKey as exc:
+        setattr(http_request, HANDLED_ATTR, True)
+        return problem("idempotency_key_invalid", 400, str(exc), settings)
+    if key is None:
+        if not required:
+            return None
+        setattr(http_request, HANDLED_ATTR, True)
+        return problem(
+            "idempotency_key_missing",
+            400,
+            f"This request needs an {settings.header} header.",
+            settings,
+        )
+    setattr(http_request, HANDLED_ATTR, True)
+
+    try:
+        if options.fingerprint_func is not None:
+            fingerprint = _hash(str(options.fingerprint_func(request)))
+        else:
+            fingerprint = default_fingerprint(http_request, settings.fingerprint_meta)
+    except BodyTooLarge:
+        return problem(
+            "idempotency_request_too_large",
+            413,
+            "The body is larger than this server reads into memory "
+            "(DATA_UPLOAD_MAX_MEMORY_SIZE), so it cannot be fingerprinted.",
+            settings,
+        )
+    ttl = _seconds(options.ttl, settings.ttl)
+    lease = _seconds(options.lock_timeout, settings.lock_timeout)
+    wait = _seconds(options.concurrent_wait, settings.concurrent_wait)
+    atomic = settings.atomic if options.atomic is None else options.atomic
+    method = http_request.method or ""
+    path = http_request.get_full_path()
+    store = store_module.Store(settings.database)
+
+    deadline: float | None = None
+    pause = _POLL_FIRST
+    try:
+        # The default scope reads request.user, which may query the session store.
+        scope_func = options.scope_func or settings.scope_function
+        if scope_func is not None:
+            scope = str(scope_func(request))
+        else:
+            scope = default_scope(request, http_request)
+        if len(scope) > 255:
+            scope = "sha256:" + _hash(scope)
+        while True:
+            found = _claim_once(store, scope, key, fingerprint, method, path, lease, ttl, settings)
+            if isinstance(found, tuple):
+                key_id, fence = found
+                return Claim(
+                    key_id=key_id,
+                    fence=fence,
+                    scope=scope,
+                    key=key,
+                    fingerprint=fingerprint,
+                    settings=settings,
+                    ttl=ttl,
+                    atomic=atomic,
+                )
+            if found is not None:
+                return found
+            # Locked: another request holds a live lease on the same operation.
+            if deadline is None:
+                deadline = time.monotonic() + wait
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return _locked(settings)
+            time.sleep(min(pause, remaining))
+            pause = min(pause * 2, _POLL_MAX)
+    except DatabaseError:
+        logger.exception("Idempotency store unavailable for key %r.", key)
+        return _store_unavailable(settings)
+
+
+def _claim_once(
+    store: store_module.Store,
+    scope: str,
+    key: str,
+    fingerprint: str,
+    method: str,
+    path: str,
+    lease: float,
+    ttl: float,
+    settings: Resolved,
+) -> tuple[int, int] | HttpResponse | None:
+    """Claim the key: ``(id, fence)``; or the response to answer; or None if locked."""
+    for _attempt in range(3):
+        now = timezone.now()
+        lease_until = now + timedelta(seconds=lease)
+        expires_at = now + timedelta(seconds=ttl)
+        found = store.claim(
+            scope=scope,
+            key=key,
+            fingerprint=fingerprint,
+            method=method,
+            path=path,
+            now=now,
+            lease_until=lease_until,
+            expires_at=expires_at,
+        )
+        if isinstance(found, int):
+            return found, 1
+        if found is None:
+            continue  # the row went away between the insert and the read
+        same = found.fingerprint == fingerprint
+        if found.state == store_module.RUNNING:
+            if found.lease_live:
+                return None if same else _mismatch(settings)
+            if not (same or found.expired):
+                return _mismatch(settings)
+        elif found.state == store_module.COMPLETED and not found.expired:
+            if not same:
+                return _mismatch(settings)
+            if found.status is None:
+                return None
+            return replay(found.status, found.headers or [], found.body or b"")
+        # Released, expired, or abandoned by a worker whose lease ran out.
+        if store.take_over(
+            found,
+            fingerprint=fingerprint,
+            method=method,
+            path=path,
+            now=now,
+            lease_until=lease_until,
+            expires_at=expires_at,
+        ):
+            return found.id, found.fence + 1
+    return None

@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest
+from django.http.request import RawPostDataException
+from django.http.response import HttpResponseBase
+
+from idempotency import engine
+from idempotency.conf import idempotency_settings
+
+_CLAIM_ATTR = "_idempotency_claim"
+
+
+class IdempotencyMiddleware:
+    """Protects every unsafe request that carries the key header.
+
+    Place it after ``AuthenticationMiddleware``, so that keys are scoped by user.
+    Views with the DRF mixin or the ``@idempotent`` decorator are left to them, and
+    ``@idempotency_exempt`` views are left alone.
+    """
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(
+        self,
+        get_response: Callable[[HttpRequest], HttpResponseBase]
+        | Callable[[HttpRequest], Awaitable[HttpResponseBase]],
+    ) -> None:
+        self.get_response = get_response
+        self.async_mode = iscoroutinefunction(get_response)
+        if self.async_mode:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.async_mode:
+            return self.__acall__(request)
+        self._buffer_body(request)
+        response = self.get_response(request)  # type: ignore[misc]
+        claim: engine.Claim | None = request.__dict__.pop(_CLAIM_ATTR, None)
+        if claim is None:
+            return response
+        return claim.finish(response)
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        self._buffer_body(request)
+        response: HttpResponseBase = await self.get_response(request)  # type: ignore[misc]
+        claim: engine.Claim | None = request.__dict__.pop(_CLAIM_ATTR, None)
+        if claim is None:
+            return response
+        # Same thread as process_view, so the same connection and transaction.
+        return await sync_to_async(claim.finish)(response)
+
+    @staticmethod
+    def _buffer_body(request: HttpRequest) -> None:
+        # Read the body before any later middleware parses it as a stream (a CSRF check
+        # reading request.POST), so it is still there to fingerprint.
+        settings = idempotency_settings.get()
+        if request.method in settings.methods and (
+            settings.header_meta in request.META or settings.required
+        ):
+            try:
+                request.body  # noqa: B018
+            except (RequestDataTooBig, RawPostDataException):
+                pass  # answered in process_view, if the view is protected
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> None:
+        # Django turns the exception into a response (404, 403, 400, 500) before
+        # __call__ sees it; a view that raised must not have that response stored, and its
+        # writes roll back (ATOMIC), as under @idempotent.
+        claim: engine.Claim | None = request.__dict__.pop(_CLAIM_ATTR, None)
+        if claim is not None:
+            claim.abort()
+
+    def process_view(
+        self,
+        request: HttpRequest,
+        view_func: Callable[..., Any],
+        view_args: tuple[Any, ...],
+        view_kwargs: dict[str, Any],
+    ) -> HttpResponseBase | None:
+        # Under ASGI this runs in the request's sync thread, like the ORM calls of the view.
+        settings = idempotency_settings.get()
+        if request.method not in settings.methods:
+            return None
+        if getattr(request, engine.HANDLED_ATTR, False):
+            return None
+        if getattr(view_func, "idempotency_exempt", False) or getattr(
+            view_func, "idempotency_managed", False
+        ):
+            return None
+        view_class = getattr(view_func, "cls", None) or getattr(view_func, "view_class", None)
+        if view_class is not None and getattr(view_class, "idempotency_managed", False):
+            return None
+        if settings.exempt_paths and any(
+            p.search(request.path_info) for p in settings.exempt_paths
+        ):
+            return None
+        outcome = engine.start(request, request)
+        if outcome is None or isinstance(outcome, HttpResponseBase):
+            return outcome
+        outcome.enter_atomic()
+        setattr(request, _CLAIM_ATTR, outcome)
+        return None

@@ -1,0 +1,282 @@
+"""The SQL behind the engine: claim, look up, take over, complete, release.
+
+Each operation is one statement where the backend allows it (PostgreSQL: a claim
+that also returns the existing row, a fenced completion that also inserts the
+response), so a first request costs two round trips and a replay one. The
+models keep serving migrations, the admin and the purge command.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.db import connections, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
+
+from idempotency.models import IdempotencyKey, IdempotencyResponse
+
+RUNNING = IdempotencyKey.State.RUNNING.value
+COMPLETED = IdempotencyKey.State.COMPLETED.value
+RELEASED = IdempotencyKey.State.RELEASED.value
+
+
+@dataclass(slots=True)
+class Existing:
+    """A key row that was already there, as the claim found it."""
+
+    id: int
+    fingerprint: str
+    state: str
+    fence: int
+    lease_live: bool
+    expired: bool
+    status: int | None
+    headers: list[list[str]] | None
+    body: bytes | None
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> Existing:
+        headers = row[7]
+        if isinstance(headers, str):
+            headers = json.loads(headers)
+        body = row[8]
+        return cls(
+            id=row[0],
+            fingerprint=row[1],
+            state=row[2],
+            fence=row[3],
+            lease_live=bool(row[4]),
+            expired=bool(row[5]),
+            status=row[6],
+            headers=headers,
+            body=bytes(body) if body is not None else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _SQL:
+    insert: str
+    claim_or_fetch: str | None
+    fetch: str
+    takeover: str
+    drop_response: str
+    complete: str
+    complete_response: str | None
+    release: str
+
+
+_sql_cache: dict[str, _SQL] = {}
+
+
+def _sql_for(conn: BaseDatabaseWrapper) -> _SQL:
+    sql = _sql_cache.get(conn.vendor)
+    if sql is None:
+        sql = _sql_cache[conn.vendor] = _build_sql(conn.vendor, conn.ops.quote_name)
+    return sql
+
+
+def _build_sql(vendor: str, quote: Any) -> _SQL:
+    k = IdempotencyKey._meta
+    r = IdempotencyResponse._meta
+    kt, rt = quote(k.db_table), quote(r.db_table)
+
+    def kc(name: str) -> str:
+        return quote(k.get_field(name).column)
+
+    def rc(name: str) -> str:
+        return quote(r.get_field(name).column)
+
+    kid, kscope, kkey, kfp = kc("id"), kc("scope"), kc("key"), kc("fingerprint")
+    kstate, kfence, klease, kexp = (
+        kc("state"),
+        kc("fence"),
+        kc("lease_expires_at"),
+        kc("expires_at"),
+    )
+    kmethod, kpath, kcreated, kdone = kc("method"), kc("path"), kc("created_at"), kc("completed_at")
+    rkey, rstatus, rheaders, rbody = rc("idempotency_key"), rc("status"), rc("headers"), rc("body")
+    json_param = "%s::jsonb" if vendor == "postgresql" else "%s"
+
+    insert = (
+        f"INSERT INTO {kt} ({kscope}, {kkey}, {kfp}, {kmethod}, {kpath}, {kstate}, {kfence}, "
+        f"{klease}, {kcreated}, {kexp}) VALUES (%s, %s, %s, %s, %s, '{RUNNING}', 1, %s, %s, %s) "
+        f"ON CONFLICT ({kscope}, {kkey}) DO NOTHING RETURNING {kid}"
+    )
+    # lease_live and expired are computed by the database against the caller's clock.
+    existing_columns = (
+        f"k.{kid}, k.{kfp}, k.{kstate}, k.{kfence}, "
+        f"(k.{klease} IS NOT NULL AND k.{klease} > %s), (k.{kexp} <= %s), "
+        f"r.{rstatus}, r.{rheaders}, r.{rbody}"
+    )
+    existing_from = f"FROM {kt} k LEFT JOIN {rt} r ON r.{rkey} = k.{kid} WHERE k.{kscope} = %s AND k.{kkey} = %s"
+    fetch = f"SELECT {existing_columns} {existing_from}"
+    claim_or_fetch = None
+    if vendor == "postgresql":
+        # One round trip for both a new key and a replay. The SELECT cannot see a row
+        # committed by a concurrent claim after this statement's snapshot: then it
+        # returns nothing and the caller fetches again.
+        claim_or_fetch = (
+            f"WITH ins AS ({insert}) "
+            f"SELECT {kid}, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM ins "
+            f"UNION ALL SELECT {existing_columns} {existing_from} "
+            f"AND NOT EXISTS (SELECT 1 FROM ins)"
+        )
+    takeover = (
+        f"UPDATE {kt} SET {kstate} = '{RUNNING}', {kfence} = {kfence} + 1, {kfp} = %s, "
+        f"{kmethod} = %s, {kpath} = %s, {klease} = %s, {kcreated} = %s, {kdone} = NULL, "
+        f"{kexp} = %s WHERE {kid} = %s AND {kfence} = %s AND ({kstate} = '{RELEASED}' "
+        f"OR ({kstate} = '{COMPLETED}' AND {kexp} <= %s) "
+        f"OR ({kstate} = '{RUNNING}' AND {klease} <= %s))"
+    )
+    drop_response = f"DELETE FROM {rt} WHERE {rkey} = %s"
+    complete = (
+        f"UPDATE {kt} SET {kstate} = '{COMPLETED}', {klease} = NULL, {kdone} = %s, {kexp} = %s "
+        f"WHERE {kid} = %s AND {kfence} = %s AND {kstate} = '{RUNNING}'"
+    )
+    upsert = (
+        f"ON CONFLICT ({rkey}) DO UPDATE SET {rstatus} = EXCLUDED.{rstatus}, "
+        f"{rheaders} = EXCLUDED.{rheaders}, {rbody} = EXCLUDED.{rbody}"
+    )
+    complete_response = None
+    if vendor == "postgresql":
+        complete = (
+            f"WITH done AS ({complete} RETURNING {kid}) "
+            f"INSERT INTO {rt} ({rkey}, {rstatus}, {rheaders}, {rbody}) "
+            f"SELECT {kid}, %s, {json_param}, %s FROM done {upsert}"
+        )
+    else:
+        complete_response = (
+            f"INSERT INTO {rt} ({rkey}, {rstatus}, {rheaders}, {rbody}) "
+            f"VALUES (%s, %s, {json_param}, %s) {upsert}"
+        )
+    release = (
+        f"UPDATE {kt} SET {kstate} = '{RELEASED}', {klease} = NULL, {kexp} = %s "
+        f"WHERE {kid} = %s AND {kfence} = %s AND {kstate} = '{RUNNING}'"
+    )
+    return _SQL(
+        insert=insert,
+        claim_or_fetch=claim_or_fetch,
+        fetch=fetch,
+        takeover=takeover,
+        drop_response=drop_response,
+        complete=complete,
+        complete_response=complete_response,
+        release=release,
+    )
+
+
+class Store:
+    """Statements against one database alias."""
+
+    def __init__(self, alias: str) -> None:
+        self.alias = alias
+
+    @property
+    def connection(self) -> BaseDatabaseWrapper:
+        return connections[self.alias]
+
+    def _prepare(self) -> tuple[BaseDatabaseWrapper, _SQL]:
+        conn = self.connection
+        return conn, _sql_for(conn)
+
+    def claim(
+        self,
+        *,
+        scope: str,
+        key: str,
+        fingerprint: str,
+        method: str,
+        path: str,
+        now: datetime,
+        lease_until: datetime,
+        expires_at: datetime,
+    ) -> int | Existing | None:
+        """Insert a running key. Returns its id, the row that was there, or None
+        when the row vanished between the insert and the read (call again)."""
+        conn, sql = self._prepare()
+        ts = conn.ops.adapt_datetimefield_value
+        insert_params = [scope, key, fingerprint, method, path]
+        insert_params += [ts(lease_until), ts(now), ts(expires_at)]
+        fetch_params = [ts(now), ts(now), scope, key]
+        with conn.cursor() as cursor:
+            if sql.claim_or_fetch is not None:
+                cursor.execute(sql.claim_or_fetch, insert_params + fetch_params)
+                row = cursor.fetchone()
+                if row is not None:
+                    return row[0] if row[1] is None else Existing.from_row(row)
+            else:
+                cursor.execute(sql.insert, insert_params)
+                row = cursor.fetchone()
+                if row is not None:
+                    return int(row[0])
+            cursor.execute(sql.fetch, fetch_params)
+            row = cursor.fetchone()
+        return Existing.from_row(row) if row is not None else None
+
+    def fetch(self, *, scope: str, key: str, now: datetime) -> Existing | None:
+        conn, sql = self._prepare()
+        ts = conn.ops.adapt_datetimefield_value
+        with conn.cursor() as cursor:
+            cursor.execute(sql.fetch, [ts(now), ts(now), scope, key])
+            row = cursor.fetchone()
+        return Existing.from_row(row) if row is not None else None
+
+    def take_over(
+        self,
+        existing: Existing,
+        *,
+        fingerprint: str,
+        method: str,
+        path: str,
+        now: datetime,
+        lease_until: datetime,
+        expires_at: datetime,
+    ) -> bool:
+        """Claim a released, expired or abandoned key; True if this caller won it."""
+        conn, sql = self._prepare()
+        ts = conn.ops.adapt_datetimefield_value
+        params = [fingerprint, method, path, ts(lease_until), ts(now), ts(expires_at)]
+        params += [existing.id, existing.fence, ts(now), ts(now)]
+        with conn.cursor() as cursor:
+            cursor.execute(sql.takeover, params)
+            won = cursor.rowcount == 1
+            if won and existing.status is not None:
+                cursor.execute(sql.drop_response, [existing.id])
+        return won
+
+    def complete(
+        self,
+        key_id: int,
+        fence: int,
+        *,
+        now: datetime,
+        expires_at: datetime,
+        status: int,
+        headers: list[list[str]],
+        body: bytes,
+    ) -> bool:
+        """Store the response if this caller still holds the key (its fence)."""
+        conn, sql = self._prepare()
+        ts = conn.ops.adapt_datetimefield_value
+        headers_json = json.dumps(headers, separators=(",", ":"))
+        key_params = [ts(now), ts(expires_at), key_id, fence]
+        if sql.complete_response is None:
+            with conn.cursor() as cursor:
+                cursor.execute(sql.complete, [*key_params, status, headers_json, body])
+                return cursor.rowcount == 1
+        # Inside the view's transaction this adds no savepoint; outside it, it makes one.
+        with transaction.atomic(using=self.alias, savepoint=False), conn.cursor() as cursor:
+            cursor.execute(sql.complete, key_params)
+            if cursor.rowcount != 1:
+                return False
+            cursor.execute(sql.complete_response, [key_id, status, headers_json, body])
+        return True
+
+    def release(self, key_id: int, fence: int, *, now: datetime) -> bool:
+        conn, sql = self._prepare()
+        with conn.cursor() as cursor:
+            cursor.execute(sql.release, [conn.ops.adapt_datetimefield_value(now), key_id, fence])
+            return cursor.rowcount == 1
