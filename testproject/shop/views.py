@@ -1,0 +1,216 @@
+from __future__ import annotations
+
+import json
+import re
+from decimal import Decimal
+from typing import Any
+
+from django.core.exceptions import RequestDataTooBig
+from django.db.models import QuerySet
+from django.http import HttpRequest, JsonResponse
+from django.http.request import RawPostDataException
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_POST
+from rest_framework import authentication, permissions, viewsets
+from rest_framework.serializers import BaseSerializer
+
+from idempotency.decorators import idempotent
+from idempotency.rest_framework import IdempotencyMixin
+from shop.models import Order, Payment, WebhookEvent
+from shop.serializers import OrderSerializer
+
+MAX_AMOUNT = Decimal("100000000")  # DecimalField(max_digits=10, decimal_places=2)
+CENT = Decimal("0.01")
+DECIMAL_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+AMOUNT_FORMAT = 'Must be a decimal number, e.g. "12.50".'
+INVALID_TEXT = "Strings may not hold NUL characters or unpaired surrogates."
+
+
+class OrderViewSet(IdempotencyMixin, viewsets.ModelViewSet):
+    """The signed-in user's orders; unsafe requests may carry an ``Idempotency-Key``."""
+
+    serializer_class = OrderSerializer
+    authentication_classes = [
+        authentication.TokenAuthentication,
+        authentication.SessionAuthentication,
+    ]
+    permission_classes = [permissions.IsAuthenticated]
+
+    def get_queryset(self) -> QuerySet[Order]:
+        return Order.objects.filter(user=self.request.user)
+
+    def perform_create(self, serializer: BaseSerializer[Order]) -> None:
+        serializer.save(user=self.request.user)
+
+
+def _error(status: int, error: str, detail: str, **extra: Any) -> JsonResponse:
+    return JsonResponse({"error": error, "detail": detail, **extra}, status=status)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _parse_json_object(request: HttpRequest, *, decimals: bool = False) -> dict[str, Any] | None:
+    """The body as a JSON object, or None when it is anything else (never raises).
+
+    NaN and Infinity are refused: neither SQLite's nor PostgreSQL's JSON accepts them.
+    """
+    try:
+        data = json.loads(
+            request.body,
+            parse_float=Decimal if decimals else float,
+            parse_constant=_reject_constant,
+        )
+    except (ValueError, RecursionError, RequestDataTooBig, RawPostDataException):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _storable(data: Any) -> bool:
+    """False when a string in ``data`` cannot be stored: NUL characters, lone surrogates."""
+    stack = [data]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, str) and not _storable_text(value):
+            return False
+    return True
+
+
+def _storable_text(value: str) -> bool:
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _payment_json(payment: Payment) -> dict[str, Any]:
+    return {
+        "id": payment.pk,
+        "amount": str(payment.amount),
+        "currency": payment.currency,
+        "reference": payment.reference,
+    }
+
+
+def _clean_amount(value: Any) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, str | int | Decimal):
+        raise ValueError(AMOUNT_FORMAT)
+    if isinstance(value, str) and not DECIMAL_RE.fullmatch(value):
+        raise ValueError(AMOUNT_FORMAT)
+    amount = Decimal(value)
+    if amount <= 0:
+        raise ValueError("Must be greater than 0.")
+    if amount >= MAX_AMOUNT:
+        raise ValueError(f"Must be less than {MAX_AMOUNT}.")
+    if amount != amount.quantize(CENT):
+        raise ValueError("Must have at most 2 decimal places.")
+    return amount.quantize(CENT)
+
+
+def _clean_currency(value: Any) -> str:
+    if not isinstance(value, str) or len(value) != 3 or not value.isascii() or not value.isalpha():
+        raise ValueError('Must be a 3-letter ISO 4217 code, e.g. "EUR".')
+    return value.upper()
+
+
+def _clean_reference(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("Must be a string.")
+    if len(value) > 100:
+        raise ValueError("Must be at most 100 characters.")
+    return value
+
+
+@csrf_exempt
+@require_POST
+def create_payment(request: HttpRequest) -> JsonResponse:
+    """Create a payment from ``{"amount": "12.50", "currency": "EUR", "reference": "..."}``.
+
+    No decorator: the ``IdempotencyMiddleware`` protects it when the request has a key.
+    """
+    data = _parse_json_object(request, decimals=True)
+    if data is None:
+        return _error(400, "invalid_json", "The body must be a JSON object.")
+    if not _storable(data):
+        return _error(400, "invalid_json", INVALID_TEXT)
+    cleaners = {
+        "amount": _clean_amount,
+        "currency": _clean_currency,
+        "reference": _clean_reference,
+    }
+    cleaned: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    for field, clean in cleaners.items():
+        if field not in data:
+            if field != "reference":
+                errors[field] = "This field is required."
+            continue
+        try:
+            cleaned[field] = clean(data[field])
+        except ValueError as exc:
+            errors[field] = str(exc)
+    if errors:
+        return _error(400, "invalid_payment", "Some fields are invalid.", fields=errors)
+    payment = Payment.objects.create(**cleaned)
+    return JsonResponse(_payment_json(payment), status=201)
+
+
+@csrf_exempt
+@require_GET
+def payment_detail(request: HttpRequest, pk: int) -> JsonResponse:
+    payment = Payment.objects.filter(pk=pk).first()
+    if payment is None:
+        return _error(404, "not_found", f"No payment with id {pk}.")
+    return JsonResponse(_payment_json(payment))
+
+
+def event_id_from_body(request: HttpRequest) -> str | None:
+    """The webhook event's ``id`` from the JSON body, used as the idempotency key.
+
+    None (never an exception) when the body is not a JSON object or has no usable id.
+    """
+    data = _parse_json_object(request)
+    if data is None:
+        return None
+    event_id = data.get("id")
+    if isinstance(event_id, bool):
+        return None
+    if isinstance(event_id, int) or (isinstance(event_id, str) and event_id):
+        return str(event_id)
+    return None
+
+
+@csrf_exempt
+@require_POST
+@idempotent(required=True, key_func=event_id_from_body)
+def webhook(request: HttpRequest) -> JsonResponse:
+    """Store a webhook event once, however often the sender delivers it.
+
+    The sender's event id is the idempotency key, so a redelivery gets the first
+    delivery's response and the event is not stored twice.
+    """
+    event_id = event_id_from_body(request)
+    data = _parse_json_object(request)
+    if event_id is None or data is None:
+        return _error(400, "invalid_event", 'The body must be a JSON object with an "id".')
+    if not _storable(data):
+        return _error(400, "invalid_event", INVALID_TEXT)
+    if len(event_id) > 255:
+        return _error(400, "invalid_event", "The event id must be at most 255 characters.")
+    event_type = data.get("type", "")
+    if not isinstance(event_type, str) or len(event_type) > 100:
+        return _error(400, "invalid_event", '"type" must be a string of at most 100 characters.')
+    # The unique event_id still holds once the stored response has expired.
+    WebhookEvent.objects.get_or_create(
+        event_id=event_id, defaults={"type": event_type, "payload": data}
+    )
+    return JsonResponse({"received": event_id})
