@@ -1,0 +1,87 @@
+"""Query budgets of the hot path. Counts are deterministic, so they are asserted exactly.
+
+Measured with real transactions (``transactional_db``): inside a test-case
+transaction, BEGIN/COMMIT would become savepoints and hide what production does.
+"""
+
+import uuid
+
+import pytest
+from django.db import connection
+from django.http import HttpRequest, JsonResponse
+from django.test import Client, override_settings
+from django.test.utils import CaptureQueriesContext
+from django.urls import path
+from django.views.decorators.csrf import csrf_exempt
+
+pytestmark = [pytest.mark.urls(__name__), pytest.mark.django_db(transaction=True)]
+
+
+@csrf_exempt
+def no_db(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"ok": True}, status=201)
+
+
+urlpatterns = [path("no-db/", no_db)]
+
+POSTGRES = connection.vendor == "postgresql"
+
+
+def _send(
+    method: str = "POST", key: str | None = None, body: str = '{"a": 1}', status: int = 201
+) -> list[str]:
+    headers = {"Idempotency-Key": key} if key is not None else {}
+    with CaptureQueriesContext(connection) as queries:
+        response = Client().generic(
+            method, "/no-db/", body, content_type="application/json", headers=headers
+        )
+    assert response.status_code == status
+    return [q["sql"].split()[0].upper() for q in queries.captured_queries]
+
+
+def test_no_key_costs_no_query() -> None:
+    assert _send() == []
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "OPTIONS"])
+def test_safe_methods_with_a_key_cost_no_query(method: str) -> None:
+    assert _send(method, key=str(uuid.uuid4())) == []
+
+
+def test_first_request_claims_once_and_completes_once() -> None:
+    statements = _send(key=str(uuid.uuid4()))
+    if POSTGRES:
+        # INSERT ... ON CONFLICT (fused with the lookup), then UPDATE + response INSERT in
+        # one statement, in the view's transaction.
+        assert statements == ["WITH", "BEGIN", "WITH", "COMMIT"]
+    else:
+        assert statements == ["INSERT", "BEGIN", "UPDATE", "INSERT", "COMMIT"]
+
+
+def test_first_request_without_atomic() -> None:
+    with override_settings(IDEMPOTENCY={"ATOMIC": False}):
+        statements = _send(key=str(uuid.uuid4()))
+    if POSTGRES:
+        assert statements == ["WITH", "WITH"]
+    else:
+        assert statements == ["INSERT", "BEGIN", "UPDATE", "INSERT", "COMMIT"]
+
+
+def test_replay_is_one_read_on_postgres_and_at_most_two_elsewhere() -> None:
+    key = str(uuid.uuid4())
+    _send(key=key)
+    statements = _send(key=key)
+    if POSTGRES:
+        assert statements == ["WITH"]
+    else:
+        assert statements == ["INSERT", "SELECT"]
+
+
+def test_mismatch_costs_what_a_replay_costs() -> None:
+    key = str(uuid.uuid4())
+    _send(key=key)
+    assert len(_send(key=key, body='{"a": 2}', status=409)) == (1 if POSTGRES else 2)
+
+
+def test_invalid_key_costs_no_query() -> None:
+    assert _send(key="a,b", status=400) == []
