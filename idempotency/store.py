@@ -36,9 +36,11 @@ class Existing:
     status: int | None
     headers: list[list[str]] | None
     body: bytes | None
+    #: Whether the statement that found the row already counted it as replayed.
+    counted: bool
 
     @classmethod
-    def from_row(cls, row: tuple[Any, ...]) -> Existing:
+    def from_row(cls, row: tuple[Any, ...], *, counted: bool = False) -> Existing:
         headers = row[7]
         if isinstance(headers, str):
             headers = json.loads(headers)
@@ -53,6 +55,7 @@ class Existing:
             status=row[6],
             headers=headers,
             body=bytes(body) if body is not None else None,
+            counted=counted,
         )
 
 
@@ -61,6 +64,7 @@ class _SQL:
     insert: str
     claim_or_fetch: str | None
     fetch: str
+    count_replay: str
     takeover: str
     drop_response: str
     complete: str
@@ -97,12 +101,14 @@ def _build_sql(vendor: str, quote: Any) -> _SQL:
         kc("expires_at"),
     )
     kmethod, kpath, kcreated, kdone = kc("method"), kc("path"), kc("created_at"), kc("completed_at")
+    kreplays = kc("replay_count")
     rkey, rstatus, rheaders, rbody = rc("idempotency_key"), rc("status"), rc("headers"), rc("body")
     json_param = "%s::jsonb" if vendor == "postgresql" else "%s"
 
     insert = (
         f"INSERT INTO {kt} ({kscope}, {kkey}, {kfp}, {kmethod}, {kpath}, {kstate}, {kfence}, "
-        f"{klease}, {kcreated}, {kexp}) VALUES (%s, %s, %s, %s, %s, '{RUNNING}', 1, %s, %s, %s) "
+        f"{kreplays}, {klease}, {kcreated}, {kexp}) "
+        f"VALUES (%s, %s, %s, %s, %s, '{RUNNING}', 1, 0, %s, %s, %s) "
         f"ON CONFLICT ({kscope}, {kkey}) DO NOTHING RETURNING {kid}"
     )
     # lease_live and expired are computed by the database against the caller's clock.
@@ -113,19 +119,24 @@ def _build_sql(vendor: str, quote: Any) -> _SQL:
     )
     existing_from = f"FROM {kt} k LEFT JOIN {rt} r ON r.{rkey} = k.{kid} WHERE k.{kscope} = %s AND k.{kkey} = %s"
     fetch = f"SELECT {existing_columns} {existing_from}"
+    count_replay = f"UPDATE {kt} SET {kreplays} = {kreplays} + 1 WHERE {kid} = %s"
     claim_or_fetch = None
     if vendor == "postgresql":
-        # One round trip for both a new key and a replay. The SELECT cannot see a row
-        # committed by a concurrent claim after this statement's snapshot: then it
-        # returns nothing and the caller fetches again.
+        # One round trip for a new key, a replay (counted on the way) and a conflict.
+        # The SELECT cannot see a row committed by a concurrent claim after this
+        # statement's snapshot: then it returns nothing and the caller fetches again.
+        # The count's conditions are the engine's conditions for a replay.
         claim_or_fetch = (
-            f"WITH ins AS ({insert}) "
+            f"WITH ins AS ({insert}), "
+            f"bump AS (UPDATE {kt} SET {kreplays} = {kreplays} + 1 WHERE {kscope} = %s "
+            f"AND {kkey} = %s AND {kstate} = '{COMPLETED}' AND {kfp} = %s AND {kexp} > %s) "
             f"SELECT {kid}, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM ins "
             f"UNION ALL SELECT {existing_columns} {existing_from} "
             f"AND NOT EXISTS (SELECT 1 FROM ins)"
         )
     takeover = (
-        f"UPDATE {kt} SET {kstate} = '{RUNNING}', {kfence} = {kfence} + 1, {kfp} = %s, "
+        f"UPDATE {kt} SET {kstate} = '{RUNNING}', {kfence} = {kfence} + 1, {kreplays} = 0, "
+        f"{kfp} = %s, "
         f"{kmethod} = %s, {kpath} = %s, {klease} = %s, {kcreated} = %s, {kdone} = NULL, "
         f"{kexp} = %s WHERE {kid} = %s AND {kfence} = %s AND ({kstate} = '{RELEASED}' "
         f"OR ({kstate} = '{COMPLETED}' AND {kexp} <= %s) "
@@ -160,6 +171,7 @@ def _build_sql(vendor: str, quote: Any) -> _SQL:
         insert=insert,
         claim_or_fetch=claim_or_fetch,
         fetch=fetch,
+        count_replay=count_replay,
         takeover=takeover,
         drop_response=drop_response,
         complete=complete,
@@ -203,18 +215,30 @@ class Store:
         fetch_params = [ts(now), ts(now), scope, key]
         with conn.cursor() as cursor:
             if sql.claim_or_fetch is not None:
-                cursor.execute(sql.claim_or_fetch, insert_params + fetch_params)
+                bump_params = [scope, key, fingerprint, ts(now)]
+                cursor.execute(sql.claim_or_fetch, insert_params + bump_params + fetch_params)
                 row = cursor.fetchone()
                 if row is not None:
-                    return row[0] if row[1] is None else Existing.from_row(row)
+                    return row[0] if row[1] is None else Existing.from_row(row, counted=True)
+                cursor.execute(sql.fetch, fetch_params)
             else:
+                # Read first, so that a replay costs a read and its count, not a failed insert.
+                cursor.execute(sql.fetch, fetch_params)
+                row = cursor.fetchone()
+                if row is not None:
+                    return Existing.from_row(row)
                 cursor.execute(sql.insert, insert_params)
                 row = cursor.fetchone()
                 if row is not None:
                     return int(row[0])
-            cursor.execute(sql.fetch, fetch_params)
+                cursor.execute(sql.fetch, fetch_params)
             row = cursor.fetchone()
         return Existing.from_row(row) if row is not None else None
+
+    def count_replay(self, key_id: int) -> None:
+        conn, sql = self._prepare()
+        with conn.cursor() as cursor:
+            cursor.execute(sql.count_replay, [key_id])
 
     def fetch(self, *, scope: str, key: str, now: datetime) -> Existing | None:
         conn, sql = self._prepare()

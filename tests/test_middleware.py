@@ -679,7 +679,8 @@ def test_concurrent_wait_replays_the_first_response(
 ) -> None:
     settings.IDEMPOTENCY = {"CONCURRENT_WAIT": WAIT, "ATOMIC": atomic}
     key = new_key()
-    claim_sql = "INSERT INTO " + connection.ops.quote_name(IdempotencyKey._meta.db_table)
+    # Every claim attempt reads the key table (PostgreSQL: in the claim statement itself).
+    claim_sql = "FROM " + connection.ops.quote_name(IdempotencyKey._meta.db_table)
     second_polled, first_done = threading.Event(), threading.Event()
     result: dict[str, Any] = {}
 
