@@ -40,7 +40,7 @@ class IdempotencyMiddleware:
         if self.async_mode:
             return self.__acall__(request)
         self._buffer_body(request)
-        response = self.get_response(request)  # type: ignore[misc]
+        response: HttpResponseBase = self.get_response(request)  # type: ignore[assignment]
         claim: engine.Claim | None = request.__dict__.pop(_CLAIM_ATTR, None)
         if claim is None:
             return response

@@ -18,9 +18,9 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 
 from idempotency.models import IdempotencyKey, IdempotencyResponse
 
-RUNNING = IdempotencyKey.State.RUNNING.value
-COMPLETED = IdempotencyKey.State.COMPLETED.value
-RELEASED = IdempotencyKey.State.RELEASED.value
+RUNNING: str = IdempotencyKey.State.RUNNING.value  # type: ignore[attr-defined]
+COMPLETED: str = IdempotencyKey.State.COMPLETED.value  # type: ignore[attr-defined]
+RELEASED: str = IdempotencyKey.State.RELEASED.value  # type: ignore[attr-defined]
 
 
 @dataclass(slots=True)
@@ -88,10 +88,10 @@ def _build_sql(vendor: str, quote: Any) -> _SQL:
     kt, rt = quote(k.db_table), quote(r.db_table)
 
     def kc(name: str) -> str:
-        return quote(k.get_field(name).column)
+        return str(quote(k.get_field(name).column))  # type: ignore[union-attr]
 
     def rc(name: str) -> str:
-        return quote(r.get_field(name).column)
+        return str(quote(r.get_field(name).column))  # type: ignore[union-attr]
 
     kid, kscope, kkey, kfp = kc("id"), kc("scope"), kc("key"), kc("fingerprint")
     kstate, kfence, klease, kexp = (
@@ -210,7 +210,7 @@ class Store:
         when the row vanished between the insert and the read (call again)."""
         conn, sql = self._prepare()
         ts = conn.ops.adapt_datetimefield_value
-        insert_params = [scope, key, fingerprint, method, path]
+        insert_params: list[Any] = [scope, key, fingerprint, method, path]
         insert_params += [ts(lease_until), ts(now), ts(expires_at)]
         fetch_params = [ts(now), ts(now), scope, key]
         with conn.cursor() as cursor:
@@ -262,11 +262,11 @@ class Store:
         """Claim a released, expired or abandoned key; True if this caller won it."""
         conn, sql = self._prepare()
         ts = conn.ops.adapt_datetimefield_value
-        params = [fingerprint, method, path, ts(lease_until), ts(now), ts(expires_at)]
+        params: list[Any] = [fingerprint, method, path, ts(lease_until), ts(now), ts(expires_at)]
         params += [existing.id, existing.fence, ts(now), ts(now)]
         with conn.cursor() as cursor:
             cursor.execute(sql.takeover, params)
-            won = cursor.rowcount == 1
+            won = bool(cursor.rowcount == 1)
             if won and existing.status is not None:
                 cursor.execute(sql.drop_response, [existing.id])
         return won
@@ -290,7 +290,7 @@ class Store:
         if sql.complete_response is None:
             with conn.cursor() as cursor:
                 cursor.execute(sql.complete, [*key_params, status, headers_json, body])
-                return cursor.rowcount == 1
+                return bool(cursor.rowcount == 1)
         # Inside the view's transaction this adds no savepoint; outside it, it makes one.
         with transaction.atomic(using=self.alias, savepoint=False), conn.cursor() as cursor:
             cursor.execute(sql.complete, key_params)
@@ -303,4 +303,4 @@ class Store:
         conn, sql = self._prepare()
         with conn.cursor() as cursor:
             cursor.execute(sql.release, [conn.ops.adapt_datetimefield_value(now), key_id, fence])
-            return cursor.rowcount == 1
+            return bool(cursor.rowcount == 1)
