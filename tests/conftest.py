@@ -1,0 +1,133 @@
+"""Shared pytest configuration.
+
+The database comes from ``DATABASE_URL`` (read by ``testproject/settings.py``;
+SQLite when unset). For PostgreSQL the server is probed once at start-up: when
+it cannot be reached, every test is skipped with the reason instead of failing
+one by one. Tests marked ``@pytest.mark.postgres`` are skipped on other
+backends.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+import pytest
+
+POSTGRES_ENGINES = ("django.db.backends.postgresql",)
+PROBE_TIMEOUT = 3  # seconds
+
+# Set in pytest_configure: why the configured PostgreSQL server cannot be used.
+_postgres_unreachable: str | None = None
+
+
+def _default_database() -> dict[str, Any]:
+    from django.conf import settings
+
+    return settings.DATABASES["default"]
+
+
+def _is_postgres(db: dict[str, Any]) -> bool:
+    return db.get("ENGINE", "").startswith(POSTGRES_ENGINES)
+
+
+def _address(db: dict[str, Any]) -> str:
+    host = db.get("HOST") or "localhost"
+    return f"{host}:{db.get('PORT') or 5432}"
+
+
+def _probe_postgres(db: dict[str, Any]) -> str | None:
+    """Return None when the server accepts a connection, else the error."""
+    try:
+        import psycopg
+    except ImportError as exc:
+        return f"psycopg is not installed: {exc}"
+    params: dict[str, Any] = {
+        "host": db.get("HOST") or None,
+        "port": db.get("PORT") or None,
+        "user": db.get("USER") or None,
+        "password": db.get("PASSWORD") or None,
+        "connect_timeout": PROBE_TIMEOUT,
+    }
+    params = {k: v for k, v in params.items() if v is not None}
+    error: Exception | None = None
+    # Django creates the test database from the "postgres" maintenance
+    # database; fall back to the configured one like Django does.
+    for dbname in dict.fromkeys(["postgres", db.get("NAME") or "postgres"]):
+        try:
+            psycopg.connect(dbname=dbname, **params).close()
+        except psycopg.Error as exc:
+            error = exc
+        else:
+            return None
+    # libpq's message is "connection to server at ... failed: <reason>\n<hint>".
+    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return message.rsplit("failed: ", 1)[-1] or type(error).__name__
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _postgres_unreachable
+    db = _default_database()
+    if _is_postgres(db):
+        error = _probe_postgres(db)
+        if error is not None:
+            _postgres_unreachable = (
+                f"PostgreSQL not reachable at {_address(db)} ({error}); "
+                "start one with scripts/pg or use the sqlite envs"
+            )
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    db = _default_database()
+    engine = db.get("ENGINE", "?").rsplit(".", 1)[-1]
+    if _is_postgres(db):
+        where = f"{_address(db)}/{db.get('NAME')}"
+        state = "unreachable, every test is skipped" if _postgres_unreachable else "reachable"
+        return [f"database: {engine} at {where} ({state})"]
+    test_name = db.get("TEST", {}).get("NAME")
+    if engine == "sqlite3" and not test_name:
+        return [f"database: {engine}, test database in memory"]
+    return [f"database: {engine}, test database {test_name or 'test_' + str(db.get('NAME'))}"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if _postgres_unreachable:
+        skip_all = pytest.mark.skip(reason=_postgres_unreachable)
+        for item in items:
+            item.add_marker(skip_all)
+        return
+    db = _default_database()
+    if not _is_postgres(db):
+        engine = db.get("ENGINE", "?").rsplit(".", 1)[-1]
+        skip_pg = pytest.mark.skip(
+            reason=f"needs PostgreSQL, the database is {engine}; run a *-postgres tox env"
+        )
+        for item in items:
+            if item.get_closest_marker("postgres"):
+                item.add_marker(skip_pg)
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings_tox_suffix() -> None:
+    """Give each tox env its own test database.
+
+    Parallel tox envs share one PostgreSQL server; with the same test database
+    name they would drop each other's database. (pytest-django's own version
+    of this fixture reads TOX_PARALLEL_ENV, which tox 4 no longer sets.)
+    """
+    env_name = os.environ.get("TOX_ENV_NAME")
+    if not env_name:
+        return
+    from django.conf import settings
+
+    suffix = re.sub(r"\W", "_", env_name)
+    for db in settings.DATABASES.values():
+        test_name = db.get("TEST", {}).get("NAME")
+        if not test_name:
+            if db.get("ENGINE") == "django.db.backends.sqlite3":
+                continue  # an in-memory database, private to the process
+            test_name = f"test_{db['NAME']}"
+        if test_name == ":memory:" or "mode=memory" in test_name:
+            continue
+        db.setdefault("TEST", {})["NAME"] = f"{test_name}_{suffix}"
