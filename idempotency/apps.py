@@ -8,5 +8,7 @@ class IdempotencyConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        import idempotency.checks  # noqa: F401  (registers the system checks)
+
         # Connects the setting_changed receiver.
         from idempotency import conf  # noqa: F401

@@ -10,7 +10,7 @@ import difflib
 import re
 from collections.abc import Callable, Iterable
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal, cast
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -55,11 +55,34 @@ KEY_COLUMN_LENGTH = 255
 _TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
-def _fail(name: str, expected: str, value: object) -> ImproperlyConfigured:
-    return ImproperlyConfigured(
-        f"{SETTING_NAME}[{name!r}] must be {expected}, got {value!r}. "
-        f"HINT: fix {SETTING_NAME}[{name!r}] in your settings, or remove it to use the "
-        f"default {DEFAULTS[name]!r}."
+ProblemKind = Literal["type", "unknown", "value", "import", "database"]
+
+
+class SettingError(ImproperlyConfigured):
+    """One problem with the ``IDEMPOTENCY`` setting.
+
+    ``str()`` is ``"<message> HINT: <hint>"``. The system checks report ``message``
+    and ``hint`` apart, under an id chosen by ``kind``: ``"type"`` (the setting is
+    not a dict), ``"unknown"`` (a key that does not exist), ``"value"`` (a wrong type
+    or value), ``"import"`` (a dotted path that does not import a callable),
+    ``"database"`` (an alias missing from ``DATABASES``).
+    """
+
+    def __init__(self, kind: ProblemKind, key: str | None, message: str, hint: str) -> None:
+        super().__init__(f"{message} HINT: {hint}")
+        self.kind = kind
+        self.key = key
+        self.message = message
+        self.hint = hint
+
+
+def _fail(name: str, expected: str, value: object) -> SettingError:
+    return SettingError(
+        "value",
+        name,
+        f"{SETTING_NAME}[{name!r}] must be {expected}, got {value!r}.",
+        f"fix {SETTING_NAME}[{name!r}] in your settings, or remove it to use the "
+        f"default {DEFAULTS[name]!r}.",
     )
 
 
@@ -81,6 +104,14 @@ def _seconds(name: str, value: Any, *, allow_zero: bool) -> float:
     return seconds
 
 
+def _positive_seconds(name: str, value: Any) -> float:
+    return _seconds(name, value, allow_zero=False)
+
+
+def _seconds_or_zero(name: str, value: Any) -> float:
+    return _seconds(name, value, allow_zero=True)
+
+
 def _strings(name: str, value: Any) -> tuple[str, ...]:
     if isinstance(value, str) or not isinstance(value, Iterable):
         raise _fail(name, "a list or tuple of strings", value)
@@ -98,16 +129,151 @@ def _int(name: str, value: Any, low: int, high: int) -> int:
 
 def _callable(name: str, value: Any) -> Callable[[HttpRequest], str] | None:
     if value is None or callable(value):
-        return value
+        return cast("Callable[[HttpRequest], str] | None", value)
     if not isinstance(value, str):
         raise _fail(name, "None, a callable or a dotted import path", value)
+    hint = "give the dotted path of a function f(request) -> str."
     try:
-        return import_string(value)  # type: ignore[no-any-return]
+        imported = import_string(value)
     except ImportError as exc:
-        raise ImproperlyConfigured(
-            f"{SETTING_NAME}[{name!r}] = {value!r} could not be imported: {exc}. "
-            "HINT: give the dotted path of a function f(request) -> str."
+        raise SettingError(
+            "import",
+            name,
+            f"{SETTING_NAME}[{name!r}] = {value!r} could not be imported: {exc}.",
+            hint,
         ) from exc
+    if not callable(imported):
+        raise SettingError(
+            "import",
+            name,
+            f"{SETTING_NAME}[{name!r}] = {value!r} imports {imported!r}, which is not callable.",
+            hint,
+        )
+    return imported  # type: ignore[no-any-return]
+
+
+def _header(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not _TOKEN_RE.match(value):
+        raise _fail(name, "an HTTP header name", value)
+    return value
+
+
+def _methods(name: str, value: Any) -> frozenset[str]:
+    methods = _strings(name, value)
+    upper = frozenset(m.upper() for m in methods)
+    if upper & {"GET", "HEAD", "OPTIONS", "TRACE"}:
+        raise _fail(name, "unsafe methods only (not GET, HEAD, OPTIONS, TRACE)", methods)
+    return upper
+
+
+def _key_length(name: str, value: Any) -> int:
+    return _int(name, value, 1, KEY_COLUMN_LENGTH)
+
+
+def _client_error_status(name: str, value: Any) -> int:
+    return _int(name, value, 400, 499)
+
+
+def _database(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise _fail(name, "a database alias", value)
+    if value not in settings.DATABASES:
+        raise SettingError(
+            "database",
+            name,
+            f"{SETTING_NAME}[{name!r}] = {value!r} is not in DATABASES.",
+            f"use one of {sorted(settings.DATABASES)}.",
+        )
+    return value
+
+
+def _statuses(name: str, value: Any) -> frozenset[int]:
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise _fail(name, "a collection of HTTP status codes", value)
+    statuses = tuple(value)
+    for status in statuses:
+        _int(name, status, 100, 599)
+    return frozenset(statuses)
+
+
+def _retry_after(name: str, value: Any) -> int:
+    return _int(name, value, 0, 86400)
+
+
+def _problem_types(name: str, value: Any) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise _fail(name, "a dict of error code -> type URI", value)
+    bad = sorted(set(value) - set(CODES), key=str)
+    if bad:
+        raise _fail(name, f"keyed by error codes ({', '.join(CODES)})", bad[0])
+    return dict(value)
+
+
+def _patterns(name: str, value: Any) -> tuple[re.Pattern[str], ...]:
+    patterns = _strings(name, value)
+    try:
+        return tuple(re.compile(p) for p in patterns)
+    except re.error as exc:
+        raise _fail(name, f"valid regular expressions ({exc})", patterns) from exc
+
+
+#: One validator per key, in the order problems are reported: ``f(name, value)``
+#: returns the value the app uses or raises :class:`SettingError`.
+_VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
+    "HEADER": _header,
+    "METHODS": _methods,
+    "MAX_KEY_LENGTH": _key_length,
+    "REQUIRED": _bool,
+    "TTL": _positive_seconds,
+    "LOCK_TIMEOUT": _positive_seconds,
+    "MISMATCH_STATUS": _client_error_status,
+    "CONCURRENT_WAIT": _seconds_or_zero,
+    "ATOMIC": _bool,
+    "SCOPE_FUNCTION": _callable,
+    "FINGERPRINT_HEADERS": _strings,
+    "DATABASE": _database,
+    "NON_STORABLE_STATUSES": _statuses,
+    "RETRY_AFTER": _retry_after,
+    "PROBLEM_TYPES": _problem_types,
+    "EXEMPT_PATHS": _patterns,
+}
+
+
+def user_setting() -> Any:
+    """The ``IDEMPOTENCY`` setting as the project wrote it (``{}`` when unset)."""
+    return getattr(settings, SETTING_NAME, None) or {}
+
+
+def validate(user: Any) -> tuple[dict[str, Any], list[SettingError]]:
+    """Validate a value of the ``IDEMPOTENCY`` setting, reporting every problem.
+
+    Returns the value the app uses for each valid key (defaults filled in), and a
+    :class:`SettingError` for each problem: unknown keys first, then the keys in
+    ``DEFAULTS`` order. Never raises.
+    """
+    if not isinstance(user, dict):
+        return {}, [
+            SettingError(
+                "type",
+                None,
+                f"{SETTING_NAME} must be a dict, got {type(user).__name__}.",
+                f"write {SETTING_NAME} = {{'TTL': 86400, ...}}.",
+            )
+        ]
+    problems: list[SettingError] = []
+    for name in sorted(set(user) - set(DEFAULTS), key=str):
+        close = difflib.get_close_matches(name, DEFAULTS, n=1) if isinstance(name, str) else []
+        hint = f"did you mean {close[0]!r}?" if close else "valid keys: " + ", ".join(DEFAULTS)
+        problems.append(
+            SettingError("unknown", str(name), f"Unknown key {name!r} in {SETTING_NAME}.", hint)
+        )
+    values: dict[str, Any] = {}
+    for name, check in _VALIDATORS.items():
+        try:
+            values[name] = check(name, user.get(name, DEFAULTS[name]))
+        except SettingError as exc:
+            problems.append(exc)
+    return values, problems
 
 
 def header_to_meta(header: str) -> str:
@@ -140,70 +306,29 @@ class Resolved:
     problem_types: dict[str, str]
     exempt_paths: tuple[re.Pattern[str], ...]
 
-    def __init__(self, user: dict[str, Any]) -> None:
-        unknown = sorted(set(user) - set(DEFAULTS))
-        if unknown:
-            name = unknown[0]
-            close = difflib.get_close_matches(name, DEFAULTS, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else "valid keys: " + ", ".join(DEFAULTS)
-            raise ImproperlyConfigured(f"Unknown key {name!r} in {SETTING_NAME}. HINT: {hint}")
-        raw = {**DEFAULTS, **user}
-
-        header = raw["HEADER"]
-        if not isinstance(header, str) or not _TOKEN_RE.match(header):
-            raise _fail("HEADER", "an HTTP header name", header)
-        self.header = header
-        self.header_meta = header_to_meta(header)
-
-        methods = _strings("METHODS", raw["METHODS"])
-        self.methods = frozenset(m.upper() for m in methods)
-        if self.methods & {"GET", "HEAD", "OPTIONS", "TRACE"}:
-            raise _fail("METHODS", "unsafe methods only (not GET, HEAD, OPTIONS, TRACE)", methods)
-
-        self.max_key_length = _int("MAX_KEY_LENGTH", raw["MAX_KEY_LENGTH"], 1, KEY_COLUMN_LENGTH)
-        self.required = _bool("REQUIRED", raw["REQUIRED"])
-        self.ttl = _seconds("TTL", raw["TTL"], allow_zero=False)
-        self.lock_timeout = _seconds("LOCK_TIMEOUT", raw["LOCK_TIMEOUT"], allow_zero=False)
-        self.mismatch_status = _int("MISMATCH_STATUS", raw["MISMATCH_STATUS"], 400, 499)
-        self.concurrent_wait = _seconds("CONCURRENT_WAIT", raw["CONCURRENT_WAIT"], allow_zero=True)
-        self.atomic = _bool("ATOMIC", raw["ATOMIC"])
-        self.scope_function = _callable("SCOPE_FUNCTION", raw["SCOPE_FUNCTION"])
-        self.fingerprint_headers = _strings("FINGERPRINT_HEADERS", raw["FINGERPRINT_HEADERS"])
+    def __init__(self, user: Any) -> None:
+        """Raise the first problem :func:`validate` finds in ``user``, as ``SettingError``."""
+        values, problems = validate(user)
+        if problems:
+            raise problems[0]
+        self.header = values["HEADER"]
+        self.header_meta = header_to_meta(self.header)
+        self.methods = values["METHODS"]
+        self.max_key_length = values["MAX_KEY_LENGTH"]
+        self.required = values["REQUIRED"]
+        self.ttl = values["TTL"]
+        self.lock_timeout = values["LOCK_TIMEOUT"]
+        self.mismatch_status = values["MISMATCH_STATUS"]
+        self.concurrent_wait = values["CONCURRENT_WAIT"]
+        self.atomic = values["ATOMIC"]
+        self.scope_function = values["SCOPE_FUNCTION"]
+        self.fingerprint_headers = values["FINGERPRINT_HEADERS"]
         self.fingerprint_meta = tuple(header_to_meta(h) for h in self.fingerprint_headers)
-
-        database = raw["DATABASE"]
-        if not isinstance(database, str) or not database:
-            raise _fail("DATABASE", "a database alias", database)
-        if database not in settings.DATABASES:
-            raise ImproperlyConfigured(
-                f"{SETTING_NAME}['DATABASE'] = {database!r} is not in DATABASES. "
-                f"HINT: use one of {sorted(settings.DATABASES)}."
-            )
-        self.database = database
-
-        statuses = raw["NON_STORABLE_STATUSES"]
-        if isinstance(statuses, str | bytes) or not isinstance(statuses, Iterable):
-            raise _fail("NON_STORABLE_STATUSES", "a collection of HTTP status codes", statuses)
-        statuses = tuple(statuses)
-        for status in statuses:
-            _int("NON_STORABLE_STATUSES", status, 100, 599)
-        self.non_storable = frozenset(statuses)
-
-        self.retry_after = _int("RETRY_AFTER", raw["RETRY_AFTER"], 0, 86400)
-
-        types = raw["PROBLEM_TYPES"]
-        if not isinstance(types, dict) or not all(isinstance(v, str) for v in types.values()):
-            raise _fail("PROBLEM_TYPES", "a dict of error code -> type URI", types)
-        bad = sorted(set(types) - set(CODES))
-        if bad:
-            raise _fail("PROBLEM_TYPES", f"keyed by error codes ({', '.join(CODES)})", bad[0])
-        self.problem_types = dict(types)
-
-        patterns = _strings("EXEMPT_PATHS", raw["EXEMPT_PATHS"])
-        try:
-            self.exempt_paths = tuple(re.compile(p) for p in patterns)
-        except re.error as exc:
-            raise _fail("EXEMPT_PATHS", f"valid regular expressions ({exc})", patterns) from exc
+        self.database = values["DATABASE"]
+        self.non_storable = values["NON_STORABLE_STATUSES"]
+        self.retry_after = values["RETRY_AFTER"]
+        self.problem_types = values["PROBLEM_TYPES"]
+        self.exempt_paths = values["EXEMPT_PATHS"]
 
 
 class IdempotencySettings:
@@ -215,13 +340,7 @@ class IdempotencySettings:
     def get(self) -> Resolved:
         resolved = self._resolved
         if resolved is None:
-            user = getattr(settings, SETTING_NAME, None) or {}
-            if not isinstance(user, dict):
-                raise ImproperlyConfigured(
-                    f"{SETTING_NAME} must be a dict, got {type(user).__name__}. "
-                    f"HINT: write {SETTING_NAME} = {{'TTL': 86400, ...}}."
-                )
-            resolved = self._resolved = Resolved(user)
+            resolved = self._resolved = Resolved(user_setting())
         return resolved
 
     def reload(self) -> None:
