@@ -98,6 +98,8 @@ def databases(**aliases: dict[str, Any]) -> Iterator[None]:
 MEMORY = {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}
 
 
+# The check command runs database checks too (on SQLite since Django 6.1).
+@pytest.mark.django_db
 def test_the_testproject_passes_every_check() -> None:
     assert settings.MIDDLEWARE.index(OURS) > settings.MIDDLEWARE.index(AUTH)
     assert check() == ("System check identified no issues (0 silenced).\n", "")
@@ -219,6 +221,7 @@ def test_a_middleware_that_cannot_be_imported_is_left_to_django() -> None:
         assert ids(checks.check_middleware_order()) == [("idempotency.E001", ERROR)]
 
 
+@pytest.mark.django_db
 def test_check_command_fails_on_e001() -> None:
     middleware = [m for m in settings.MIDDLEWARE if m != OURS]
     middleware.insert(middleware.index(AUTH), OURS)
@@ -228,6 +231,7 @@ def test_check_command_fails_on_e001() -> None:
     assert f"HINT: Move {OURS!r} after {AUTH!r}" in report
 
 
+@pytest.mark.django_db
 def test_check_command_reports_w001_and_w002() -> None:
     # --tag: without AuthenticationMiddleware the admin's own checks fail too.
     with override_settings(MIDDLEWARE=[SESSION, OURS, MESSAGES]):
@@ -362,6 +366,7 @@ def test_every_problem_is_reported_not_only_the_first() -> None:
     ]
 
 
+@pytest.mark.django_db
 def test_check_command_fails_on_settings_errors() -> None:
     with override_settings(IDEMPOTENCY={"LOCK_TIMOUT": 5, "TTL": "1d"}):
         report = check_fails()
@@ -371,6 +376,7 @@ def test_check_command_fails_on_settings_errors() -> None:
     assert "System check identified 2 issues (0 silenced)." in report
 
 
+@pytest.mark.django_db
 def test_check_command_fails_on_e005_and_e006() -> None:
     with override_settings(
         IDEMPOTENCY={"SCOPE_FUNCTION": "no.such.module.scope", "DATABASE": "nowhere"}
@@ -420,6 +426,7 @@ def test_ttl_is_not_compared_when_it_is_invalid() -> None:
         assert ids(checks.check_settings()) == [("idempotency.E004", ERROR)]
 
 
+@pytest.mark.django_db
 def test_check_command_warns_w003() -> None:
     with override_settings(IDEMPOTENCY={"TTL": 30}):
         out, err = check()
@@ -452,6 +459,7 @@ def test_an_invalid_mismatch_status_is_only_e004() -> None:
         assert checks.check_mismatch_status() == []
 
 
+@pytest.mark.django_db
 def test_check_command_warns_w004() -> None:
     with override_settings(IDEMPOTENCY={"MISMATCH_STATUS": 400}):
         out, err = check()
@@ -527,6 +535,7 @@ def test_the_default_store_while_routers_write_elsewhere_is_e007() -> None:
     assert "'primary'" in messages[0].msg
 
 
+@pytest.mark.django_db
 def test_check_command_fails_on_e007() -> None:
     with databases(store=MEMORY), override_settings(IDEMPOTENCY={"DATABASE": "store"}):
         report = check_fails()
@@ -563,6 +572,7 @@ def test_atomic_requests_elsewhere_is_fine() -> None:
         assert checks.check_atomic_requests() == []
 
 
+@pytest.mark.django_db
 def test_check_command_warns_w005() -> None:
     with databases(default={**settings.DATABASES["default"], "ATOMIC_REQUESTS": True}):
         out, err = check()
