@@ -44,18 +44,10 @@ from idempotency.conf import idempotency_settings
 from idempotency.decorators import idempotency_exempt
 from idempotency.fingerprints import default_fingerprint
 from idempotency.models import IdempotencyKey, IdempotencyResponse
+from tests.assertions import assert_problem
 
 pytestmark = [pytest.mark.urls(__name__), pytest.mark.django_db]
 
-DRAFT = "https://datatracker.ietf.org/doc/html/draft-ietf-httpapi-idempotency-key-header"
-TYPES = {
-    "idempotency_key_missing": f"{DRAFT}#section-2.1",
-    "idempotency_key_invalid": f"{DRAFT}#section-2.1",
-    "idempotency_key_mismatch": f"{DRAFT}#section-2.2",
-    "idempotency_key_locked": f"{DRAFT}#section-2.6",
-    "idempotency_store_unavailable": "about:blank",
-    "idempotency_request_too_large": "about:blank",
-}
 JSON = "application/json"
 BODY = b'{"item": "book", "quantity": 1}'
 WAIT = 30  # seconds; an upper bound for hand-offs between threads, never reached when green
@@ -329,27 +321,6 @@ def the_key(key: str) -> IdempotencyKey:
 
 def stored(key: str) -> IdempotencyResponse | None:
     return IdempotencyResponse.objects.filter(idempotency_key__key=key).first()
-
-
-def assert_problem(
-    response: Any, status: int, code: str, *, type_uri: str | None = None
-) -> dict[str, Any]:
-    assert response.status_code == status
-    assert response["Content-Type"] == "application/problem+json"
-    assert response["Cache-Control"] == "no-store"
-    assert "Idempotent-Replayed" not in response
-    body = json.loads(response.content)
-    assert set(body) == {"type", "title", "status", "detail", "code"}
-    assert body["type"] == (type_uri or TYPES[code])
-    assert body["status"] == status
-    assert body["code"] == code
-    assert isinstance(body["title"], str) and body["title"]
-    assert isinstance(body["detail"], str) and body["detail"]
-    if code in ("idempotency_key_locked", "idempotency_store_unavailable"):
-        assert response["Retry-After"] == "1"
-    else:
-        assert "Retry-After" not in response
-    return body
 
 
 _NOT_REPLAYED = {"idempotent-replayed", "set-cookie", "date"}
