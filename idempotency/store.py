@@ -9,12 +9,14 @@ models keep serving migrations, the admin and the purge command.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from django.db import connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models import Field, Model
 
 from idempotency.models import IdempotencyKey, IdempotencyResponse
 
@@ -72,26 +74,38 @@ class _SQL:
     release: str
 
 
-_sql_cache: dict[str, _SQL] = {}
+Quote = Callable[[str], str]
+T = TypeVar("T")
+
+_sql_cache: dict[tuple[Callable[..., Any], str], Any] = {}
 
 
-def _sql_for(conn: BaseDatabaseWrapper) -> _SQL:
-    sql = _sql_cache.get(conn.vendor)
+def sql_for(conn: BaseDatabaseWrapper, build: Callable[[str, Quote], T]) -> T:
+    """``build(vendor, quote_name)``, once per builder and database vendor."""
+    key = (build, conn.vendor)
+    sql = _sql_cache.get(key)
     if sql is None:
-        sql = _sql_cache[conn.vendor] = _build_sql(conn.vendor, conn.ops.quote_name)
-    return sql
+        sql = _sql_cache[key] = build(conn.vendor, conn.ops.quote_name)
+    return sql  # type: ignore[no-any-return, unused-ignore]
 
 
-def _build_sql(vendor: str, quote: Any) -> _SQL:
+def column(model: type[Model], name: str, quote: Quote) -> str:
+    """The quoted column of a model field."""
+    field = model._meta.get_field(name)
+    assert isinstance(field, Field)
+    return str(quote(str(field.column)))
+
+
+def _build_sql(vendor: str, quote: Quote) -> _SQL:
     k = IdempotencyKey._meta
     r = IdempotencyResponse._meta
     kt, rt = quote(k.db_table), quote(r.db_table)
 
     def kc(name: str) -> str:
-        return str(quote(k.get_field(name).column))  # type: ignore[union-attr]
+        return column(IdempotencyKey, name, quote)
 
     def rc(name: str) -> str:
-        return str(quote(r.get_field(name).column))  # type: ignore[union-attr]
+        return column(IdempotencyResponse, name, quote)
 
     kid, kscope, kkey, kfp = kc("id"), kc("scope"), kc("key"), kc("fingerprint")
     kstate, kfence, klease, kexp = (
@@ -192,7 +206,7 @@ class Store:
 
     def _prepare(self) -> tuple[BaseDatabaseWrapper, _SQL]:
         conn = self.connection
-        return conn, _sql_for(conn)
+        return conn, sql_for(conn, _build_sql)
 
     def claim(
         self,
