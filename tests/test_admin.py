@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 from typing import Any
@@ -133,7 +134,8 @@ def test_changelist_shows_every_column(admin_client: Client, django_user_model: 
     }
     for n, (column, label) in enumerate(columns.items(), start=1):
         assertContains(response, f'class="sortable column-{column}', count=1)
-        assertContains(response, f'<a href="?o={n}">{label}</a>', count=1)
+        # The sort link's markup differs between Django versions; its target and label do not.
+        assert re.search(rf'<a [^>]*href="\?o={n}">{label}</a>', response.content.decode()), label
     assertContains(
         response, f'<td class="field-scope_display"><span title="user:{alice.pk}">alice</span></td>'
     )
