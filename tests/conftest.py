@@ -131,3 +131,19 @@ def django_db_modify_db_settings_tox_suffix() -> None:
         if test_name == ":memory:" or "mode=memory" in test_name:
             continue
         db.setdefault("TEST", {})["NAME"] = f"{test_name}_{suffix}"
+
+
+MIDDLEWARE = "idempotency.middleware.IdempotencyMiddleware"
+
+
+@pytest.fixture(params=["without-middleware", "with-middleware"])
+def middleware(request: pytest.FixtureRequest, settings: Any) -> bool:
+    """Run a test of the mixin or the decorator alone, then with the middleware too.
+
+    Returns whether the middleware is installed.
+    """
+    assert MIDDLEWARE in settings.MIDDLEWARE
+    if request.param == "without-middleware":
+        settings.MIDDLEWARE = [m for m in settings.MIDDLEWARE if m != MIDDLEWARE]
+        return False
+    return True

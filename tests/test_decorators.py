@@ -337,16 +337,6 @@ urlpatterns = [
 # -- helpers ----------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["without-middleware", "with-middleware"])
-def middleware(request: pytest.FixtureRequest, settings: Any) -> bool:
-    """Run the test with the decorator alone, then with the middleware installed too."""
-    assert MIDDLEWARE in settings.MIDDLEWARE
-    if request.param == "without-middleware":
-        settings.MIDDLEWARE = [m for m in settings.MIDDLEWARE if m != MIDDLEWARE]
-        return False
-    return True
-
-
 @pytest.fixture
 def no_middleware(settings: Any) -> None:
     settings.MIDDLEWARE = [m for m in settings.MIDDLEWARE if m != MIDDLEWARE]

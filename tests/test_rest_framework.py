@@ -44,7 +44,6 @@ from tests.assertions import DRAFT, assert_problem
 
 pytestmark = [pytest.mark.urls(__name__), pytest.mark.django_db]
 
-MIDDLEWARE = "idempotency.middleware.IdempotencyMiddleware"
 JSON = "application/json"
 ORDER = {"item": "book", "quantity": 2, "amount": "12.50"}
 BODY = json.dumps(ORDER).encode()
@@ -262,16 +261,6 @@ urlpatterns = [
 
 
 # -- fixtures and helpers ---------------------------------------------------------------
-
-
-@pytest.fixture(params=["without-middleware", "with-middleware"])
-def middleware(request: pytest.FixtureRequest, settings: Any) -> bool:
-    """Run with the mixin alone, then with the middleware installed as well."""
-    assert MIDDLEWARE in settings.MIDDLEWARE
-    if request.param == "without-middleware":
-        settings.MIDDLEWARE = [m for m in settings.MIDDLEWARE if m != MIDDLEWARE]
-        return False
-    return True
 
 
 @pytest.fixture(autouse=True)
