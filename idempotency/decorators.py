@@ -94,9 +94,11 @@ def idempotent(
                 await sync_to_async(outcome.enter_atomic)()
                 try:
                     response = await func(request, *args, **kwargs)
-                except BaseException:
-                    await sync_to_async(outcome.abort)()
-                    raise
+                except BaseException as exc:
+                    answer = await sync_to_async(outcome.abort)(exc)
+                    if answer is None:
+                        raise
+                    return answer
                 return await sync_to_async(outcome.finish)(response)
 
             wrapper: Any = async_view

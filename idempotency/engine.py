@@ -16,7 +16,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import Error as DatabaseError
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, connections, transaction
 from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 from django.utils import timezone
@@ -197,30 +197,63 @@ class Claim:
         block, self._atomic = self._atomic, None
         if block is None:
             return
-        if not commit:
-            transaction.set_rollback(True, using=self.settings.database)
-        block.__exit__(None, None, None)
+        if commit:
+            block.__exit__(None, None, None)
+            return
+        transaction.set_rollback(True, using=self.settings.database)
+        try:
+            block.__exit__(None, None, None)
+        except DatabaseError:
+            # The connection is gone (the database stopped or restarted): the server
+            # has already dropped the transaction with it. Start afresh next time.
+            logger.warning(
+                "Lost the database connection while rolling back for idempotency key %r.",
+                self.key,
+                exc_info=True,
+            )
+            try:
+                connections[self.settings.database].close()
+            except DatabaseError:
+                pass
 
     def run(self, view: Callable[..., HttpResponseBase], *args: Any, **kwargs: Any) -> Any:
         """Run a sync view under this claim and return the response to send."""
         self.enter_atomic()
         try:
             response = view(*args, **kwargs)
-        except BaseException:
-            self.abort()
-            raise
+        except BaseException as exc:
+            answer = self.abort(exc)
+            if answer is None:
+                raise
+            return answer
         return self.finish(response)
 
     # -- endings ----------------------------------------------------------------------
 
-    def abort(self) -> None:
-        """The view raised: undo its writes (``ATOMIC``) and free the key for a retry."""
+    def abort(self, exc: BaseException | None = None) -> HttpResponse | None:
+        """The view raised ``exc``: undo its writes (``ATOMIC``) and free the key.
+
+        Returns the response to send instead of the exception, or None to let it
+        propagate. That is a 503 when the database went away under the view: its
+        connection failed (``exc``) and the store cannot be reached to free the key
+        either. The view's transaction died with the connection, so, as for a store
+        that is down before the view runs, the client may retry with the same key.
+        """
         try:
             self._close_atomic(commit=False)
         finally:
-            self._release()
+            released = self._release()
+        if released or not isinstance(exc, OperationalError | InterfaceError):
+            return None
+        logger.error(
+            "The database went away while the view ran for idempotency key %r; "
+            "answered 503 instead of the view's error.",
+            self.key,
+            exc_info=exc,
+        )
+        return _store_unavailable(self.settings)
 
-    def _release(self) -> None:
+    def _release(self) -> bool:
         try:
             self.store.release(self.id, self.fence, now=timezone.now())
         except DatabaseError:
@@ -228,6 +261,8 @@ class Claim:
                 "Could not release idempotency key %r; it frees itself when its lease ends.",
                 self.key,
             )
+            return False
+        return True
 
     def finish(self, response: HttpResponseBase) -> HttpResponseBase:
         """Store a storable response with the view's writes, or release the key."""

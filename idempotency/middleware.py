@@ -68,13 +68,17 @@ class IdempotencyMiddleware:
             except (RequestDataTooBig, RawPostDataException):
                 pass  # answered in process_view, if the view is protected
 
-    def process_exception(self, request: HttpRequest, exception: Exception) -> None:
+    def process_exception(
+        self, request: HttpRequest, exception: Exception
+    ) -> HttpResponseBase | None:
         # Django turns the exception into a response (404, 403, 400, 500) before
         # __call__ sees it; a view that raised must not have that response stored, and its
-        # writes roll back (ATOMIC), as under @idempotent.
+        # writes roll back (ATOMIC), as under @idempotent. A database that went away
+        # under the view is a 503, not a 500.
         claim: engine.Claim | None = request.__dict__.pop(_CLAIM_ATTR, None)
-        if claim is not None:
-            claim.abort()
+        if claim is None:
+            return None
+        return claim.abort(exception)
 
     def process_view(
         self,

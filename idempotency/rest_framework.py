@@ -146,11 +146,12 @@ class IdempotencyMixin:
             self._idempotency_discard = True
         try:
             response = super().handle_exception(exc)  # type: ignore[misc]
-        except BaseException:
+        except BaseException as error:
             claim, self._idempotency_claim = self._idempotency_claim, None
-            if claim is not None:
-                claim.abort()
-            raise
+            answer = claim.abort(error) if claim is not None else None
+            if answer is None:
+                raise
+            return answer
         claim = self._idempotency_claim
         if claim is not None and claim.atomic:
             # The view raised (e.g. a ValidationError after a write): undo its writes and
@@ -163,9 +164,9 @@ class IdempotencyMixin:
         claim, self._idempotency_claim = self._idempotency_claim, None
         try:
             response = super().finalize_response(request, response, *args, **kwargs)  # type: ignore[misc]
-        except BaseException:
+        except BaseException as error:
             if claim is not None:
-                claim.abort()
+                claim.abort(error)
             raise
         if claim is None:
             return response

@@ -26,7 +26,7 @@ from asgiref.sync import async_to_sync, sync_to_async
 from django.contrib.auth.models import Group, User
 from django.core.exceptions import BadRequest, PermissionDenied
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.db import connection, connections, transaction
+from django.db import OperationalError, connection, connections, transaction
 from django.db.models import F
 from django.http import (
     Http404,
@@ -203,6 +203,17 @@ def break_own_connection(request: HttpRequest) -> HttpResponse:
     return HttpResponse(f"call {n}", status=201)
 
 
+def lose_database_midway(request: HttpRequest) -> HttpResponse:
+    # A query of the view fails with the driver's error for a lost connection. With
+    # X-Store: gone the database is really gone (the store cannot be reached either);
+    # otherwise only this query failed and the store is fine.
+    n = _note(request)
+    Group.objects.create(name=f"row-{n}")
+    if request.headers.get("X-Store") == "gone":
+        _point_at_nowhere(connection)
+    raise OperationalError("server closed the connection unexpectedly")
+
+
 @idempotency_exempt
 def exempt(request: HttpRequest) -> HttpResponse:
     return create(request)
@@ -238,6 +249,7 @@ urlpatterns = [
     path("fence/", bump_fence),
     path("in-transaction/", in_transaction),
     path("break/", break_own_connection),
+    path("lose-database/", lose_database_midway),
 ]
 
 
@@ -1454,6 +1466,48 @@ def test_store_lost_after_the_view_ran(send: Send) -> None:
     assert stored(key) is None
     # The release could not reach the database either: the lease frees the key.
     assert the_key(key).state == IdempotencyKey.State.RUNNING
+
+
+@pytest.mark.django_db(transaction=True)
+def test_database_lost_while_the_view_runs_is_503(send: Send) -> None:
+    key = new_key()
+    client = send.client(raise_request_exception=False)
+
+    def run() -> Any:
+        conn = connections["default"]
+        original = conn.settings_dict
+        try:
+            return send(
+                "POST", "/lose-database/", headers={**idem(key), "X-Store": "gone"}, client=client
+            )
+        finally:
+            conn.close()
+            conn.settings_dict = original
+            conn.close()
+
+    response = in_thread(run)
+
+    # Not Django's 500: the view's transaction died with the connection, so the
+    # client may safely retry, as when the store is down before the view runs.
+    assert_problem(response, 503, "idempotency_store_unavailable")
+    assert len(CALLS) == 1
+    assert rows() == []
+    assert stored(key) is None
+    assert the_key(key).state == IdempotencyKey.State.RUNNING
+
+
+@pytest.mark.django_db(transaction=True)
+def test_database_error_with_the_store_still_reachable_stays_the_views_error(
+    send: Send,
+) -> None:
+    key = new_key()
+    client = send.client(raise_request_exception=False)
+
+    response = send("POST", "/lose-database/", headers=idem(key), client=client)
+
+    assert response.status_code == 500
+    assert rows() == []
+    assert the_key(key).state == IdempotencyKey.State.RELEASED
 
 
 # ---------------------------------------------------------------------------- bad input
