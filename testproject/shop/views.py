@@ -11,7 +11,8 @@ from django.http import HttpRequest, JsonResponse
 from django.http.request import RawPostDataException
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
-from rest_framework import authentication, permissions, viewsets
+from rest_framework import authentication, parsers, permissions, viewsets
+from rest_framework.exceptions import ParseError
 from rest_framework.serializers import BaseSerializer
 
 from idempotency.decorators import idempotent
@@ -26,6 +27,16 @@ AMOUNT_FORMAT = 'Must be a decimal number, e.g. "12.50".'
 INVALID_TEXT = "Strings may not hold NUL characters or unpaired surrogates."
 
 
+class JSONParser(parsers.JSONParser):
+    """DRF's JSON parser, with JSON nested too deeply for Python a 400, not a 500."""
+
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
+        try:
+            return super().parse(stream, media_type, parser_context)
+        except RecursionError:
+            raise ParseError("JSON parse error - the document is nested too deeply.") from None
+
+
 class OrderViewSet(IdempotencyMixin, viewsets.ModelViewSet):
     """The signed-in user's orders; unsafe requests may carry an ``Idempotency-Key``."""
 
@@ -35,6 +46,7 @@ class OrderViewSet(IdempotencyMixin, viewsets.ModelViewSet):
         authentication.SessionAuthentication,
     ]
     permission_classes = [permissions.IsAuthenticated]
+    parser_classes = [JSONParser, parsers.FormParser, parsers.MultiPartParser]
 
     def get_queryset(self) -> QuerySet[Order]:
         return Order.objects.filter(user=self.request.user)
@@ -51,15 +63,23 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text} is too large a number")
+    return value
+
+
 def _parse_json_object(request: HttpRequest, *, decimals: bool = False) -> dict[str, Any] | None:
     """The body as a JSON object, or None when it is anything else (never raises).
 
-    NaN and Infinity are refused: neither SQLite's nor PostgreSQL's JSON accepts them.
+    NaN, Infinity and numbers too large for a float (1e400) are refused: neither
+    SQLite's nor PostgreSQL's JSON accepts them.
     """
     try:
         data = json.loads(
             request.body,
-            parse_float=Decimal if decimals else float,
+            parse_float=Decimal if decimals else _finite_float,
             parse_constant=_reject_constant,
         )
     except (ValueError, RecursionError, RequestDataTooBig, RawPostDataException):
