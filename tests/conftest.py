@@ -4,16 +4,19 @@ The database comes from ``DATABASE_URL`` (read by ``testproject/settings.py``;
 SQLite when unset). For PostgreSQL the server is probed once at start-up: when
 it cannot be reached, every test is skipped with the reason instead of failing
 one by one. Tests marked ``@pytest.mark.postgres`` are skipped on other
-backends.
+backends. The stress suite (``tests/stress``) is collected only with ``--stress``.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
+
+STRESS_DIR = Path(__file__).resolve().parent / "stress"
 
 POSTGRES_ENGINES = ("django.db.backends.postgresql",)
 PROBE_TIMEOUT = 3  # seconds
@@ -66,6 +69,14 @@ def _probe_postgres(db: dict[str, Any]) -> str | None:
     return message.rsplit("failed: ", 1)[-1] or type(error).__name__
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--stress",
+        action="store_true",
+        help="run the stress suite in tests/stress (app servers, a private PostgreSQL)",
+    )
+
+
 def pytest_configure(config: pytest.Config) -> None:
     global _postgres_unreachable
     db = _default_database()
@@ -92,6 +103,11 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.getoption("stress"):
+        stress = [item for item in items if STRESS_DIR in item.path.parents]
+        if stress:
+            config.hook.pytest_deselected(items=stress)
+            items[:] = [item for item in items if STRESS_DIR not in item.path.parents]
     if _postgres_unreachable:
         skip_all = pytest.mark.skip(reason=_postgres_unreachable)
         for item in items:

@@ -1,0 +1,30 @@
+"""Settings of the testproject as the stress suite serves it (gunicorn, uvicorn).
+
+The testproject's own settings, plus:
+
+- ``STRESS_IDEMPOTENCY``: the ``IDEMPOTENCY`` setting, as JSON;
+- the stress views of :mod:`tests.stress.server_urls`;
+- warnings and errors of the app logged to the server's stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from testproject.settings import *  # noqa: F403
+
+IDEMPOTENCY: dict[str, Any] = json.loads(os.environ.get("STRESS_IDEMPOTENCY") or "{}")
+
+ROOT_URLCONF = "tests.stress.server_urls"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {
+        "idempotency": {"handlers": ["console"], "level": "WARNING"},
+        "django.request": {"handlers": ["console"], "level": "ERROR"},
+    },
+}

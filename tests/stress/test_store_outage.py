@@ -1,0 +1,153 @@
+"""Store outage: PostgreSQL stops dead mid-run (``pg_ctl stop -m immediate``), then returns.
+
+``STRESS_OUTAGE_OPS`` payments, ``STRESS_OUTAGE_CLIENTS`` clients, each sending its
+own key until it gets a stored answer. After a third of them are done the server
+crashes; ``STRESS_OUTAGE_SECONDS`` later it starts again (crash recovery).
+
+During the outage every protected request must answer 503
+``idempotency_store_unavailable`` with ``Retry-After``: the app fails closed and
+never runs a view without its key. Requests caught mid-flight roll back. Afterwards
+the retries succeed, and every payment exists exactly once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.stress.harness import (
+    PAYMENTS,
+    Cluster,
+    Database,
+    Reply,
+    Server,
+    Tally,
+    in_threads,
+    knob,
+    record,
+    send,
+    stopwatch,
+    until_stored,
+)
+
+OPS = knob("STRESS_OUTAGE_OPS", 300)
+CLIENTS = knob("STRESS_OUTAGE_CLIENTS", 8)
+OUTAGE_SECONDS = knob("STRESS_OUTAGE_SECONDS", 3)
+TIME_LIMIT = knob("STRESS_TIME_LIMIT", 600)
+LEASE = 2  # seconds: keys held by requests cut off by the crash free up this soon
+
+
+class PhaseTally(Tally):
+    """A tally that also counts each answer by the phase it arrived in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.phase = "before"
+        self.by_phase: dict[str, Counter[str]] = {}
+
+    def add(self, reply: Reply) -> None:
+        super().add(reply)
+        label = str(reply.status) if reply.status else "no answer"
+        if reply.code:
+            label += f" {reply.code}"
+        with self.lock:
+            self.by_phase.setdefault(self.phase, Counter())[label] += 1
+        if reply.status is not None and reply.status >= 500:
+            good = (
+                reply.status == 503
+                and reply.code == "idempotency_store_unavailable"
+                and reply.headers.get("retry-after") == "1"
+            )
+            if not good:
+                self.flag(f"{self.phase}: {reply.describe()}")
+
+
+def _retry(reply: Reply) -> bool:
+    return reply.code in ("idempotency_key_locked", "idempotency_store_unavailable")
+
+
+def test_store_outage_fails_closed_and_loses_nothing(
+    cluster: Cluster, pg_database: Callable[[], Database], work_dir: Path
+) -> None:
+    database = pg_database()
+    run = uuid.uuid4().hex[:10]
+    keys = [f"{run}-{i:05d}" for i in range(OPS)]
+    pending = list(reversed(keys))
+    lock = threading.Lock()
+    finals: dict[str, Reply] = {}
+    tally = PhaseTally()
+    idempotency = {"LOCK_TIMEOUT": LEASE}
+
+    with Server(database, work_dir, kind="gunicorn", idempotency=idempotency) as server:
+        deadline = time.monotonic() + TIME_LIMIT
+
+        def client(_index: int) -> None:
+            while True:
+                with lock:
+                    if not pending:
+                        return
+                    key = pending.pop()
+                reply = until_stored(
+                    server.port, PAYMENTS, key, key, tally, deadline=deadline, retry_on=_retry
+                )
+                finals[key] = reply
+                if reply.status != 201:
+                    tally.flag(f"{key}: {reply.describe()}")
+
+        def outage() -> None:
+            while len(finals) < OPS // 3 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            cluster.crash()
+            tally.phase = "outage"
+            time.sleep(OUTAGE_SECONDS)
+            tally.phase = "restarting"
+            cluster.start()
+            tally.phase = "after"
+
+        crash = threading.Thread(target=outage, daemon=True)
+        with stopwatch() as elapsed:
+            crash.start()
+            try:
+                in_threads(CLIENTS, client, timeout=TIME_LIMIT + 60)
+            finally:
+                crash.join(timeout=120)
+        assert not crash.is_alive()
+        for key in keys:
+            again = send(
+                server.port, "POST", PAYMENTS.path, PAYMENTS.body(key), PAYMENTS.headers(key)
+            )
+            if again.status != 201 or not again.replayed or again.body != finals[key].body:
+                tally.flag(f"{key}: replay {again.describe()} after {finals[key].describe()}")
+        log = server.log_tail()
+
+    rows = database.count_by(PAYMENTS.table, PAYMENTS.column, run)
+    states = database.key_states(keys)
+    during = tally.by_phase.get("outage", Counter())
+    unavailable = sum(n for label, n in tally.codes.items() if label.endswith("unavailable"))
+    row = record(
+        "4. store outage, gunicorn/PostgreSQL",
+        requests=tally.requests,
+        expected=OPS,
+        found=sum(rows.values()),
+        duplicates=sum(count - 1 for count in rows.values()),
+        losses=OPS - len(rows),
+        server_errors=tally.server_errors,
+        seconds=elapsed(),
+        notes=(
+            f"{OUTAGE_SECONDS} s down; 503 store unavailable: {unavailable} "
+            f"(all 5xx); during the outage: {dict(during)}"
+        ),
+    )
+    assert tally.unexpected == [], log
+    # The outage was real: protected requests were refused while it lasted.
+    assert during["503 idempotency_store_unavailable"] > 0, tally.by_phase
+    assert tally.server_errors == unavailable
+    assert row["found"] == OPS
+    assert row["duplicates"] == 0
+    assert row["losses"] == 0
+    assert states["completed"] == OPS, states
+    assert states["with response"] == OPS, states
