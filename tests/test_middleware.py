@@ -401,17 +401,17 @@ def in_thread(target: Callable[[], Any]) -> Any:
     return result["value"]
 
 
-def with_unreachable_store(target: Callable[[], Any]) -> Any:
-    """Run ``target`` in a thread whose connection to the store's database points nowhere.
+def in_thread_restoring_connection(target: Callable[[], Any]) -> Any:
+    """:func:`in_thread`, then put back the settings of that thread's connection.
 
-    The thread's connection is its own (Django keeps one per thread), so the test's
-    connection and an in-memory SQLite test database are left untouched.
+    The thread's connection is its own (Django keeps one per thread), so whatever
+    ``target`` does to it leaves the test's connection and an in-memory SQLite test
+    database untouched.
     """
 
     def run() -> Any:
         conn = connections["default"]
         original = conn.settings_dict
-        _point_at_nowhere(conn)
         try:
             return target()
         finally:
@@ -420,6 +420,16 @@ def with_unreachable_store(target: Callable[[], Any]) -> Any:
             conn.close()
 
     return in_thread(run)
+
+
+def with_unreachable_store(target: Callable[[], Any]) -> Any:
+    """Run ``target`` in a thread whose connection to the store's database points nowhere."""
+
+    def run() -> Any:
+        _point_at_nowhere(connections["default"])
+        return target()
+
+    return in_thread_restoring_connection(run)
 
 
 SQLITE_ATOMIC_SERIALISES = pytest.mark.skipif(
@@ -1448,17 +1458,9 @@ def test_store_lost_after_the_view_ran(send: Send) -> None:
     key = new_key()
     client = send.client(raise_request_exception=False)
 
-    def run() -> Any:
-        conn = connections["default"]
-        original = conn.settings_dict
-        try:
-            return send("POST", "/break/", headers=idem(key), client=client)
-        finally:
-            conn.close()
-            conn.settings_dict = original
-            conn.close()
-
-    response = in_thread(run)
+    response = in_thread_restoring_connection(
+        lambda: send("POST", "/break/", headers=idem(key), client=client)
+    )
 
     assert_problem(response, 503, "idempotency_store_unavailable")
     assert len(CALLS) == 1
@@ -1473,19 +1475,11 @@ def test_database_lost_while_the_view_runs_is_503(send: Send) -> None:
     key = new_key()
     client = send.client(raise_request_exception=False)
 
-    def run() -> Any:
-        conn = connections["default"]
-        original = conn.settings_dict
-        try:
-            return send(
-                "POST", "/lose-database/", headers={**idem(key), "X-Store": "gone"}, client=client
-            )
-        finally:
-            conn.close()
-            conn.settings_dict = original
-            conn.close()
-
-    response = in_thread(run)
+    response = in_thread_restoring_connection(
+        lambda: send(
+            "POST", "/lose-database/", headers={**idem(key), "X-Store": "gone"}, client=client
+        )
+    )
 
     # Not Django's 500: the view's transaction died with the connection, so the
     # client may safely retry, as when the store is down before the view runs.

@@ -542,3 +542,42 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
     out.append("-+-".join("-" * w for w in widths))
     out.extend(" | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in cells)
     return out
+
+
+def report(
+    scenario: str,
+    tally: Tally,
+    rows: Counter[str],
+    *,
+    expected: int,
+    seconds: float,
+    notes: str,
+) -> dict[str, Any]:
+    """Record a scenario's figures from its tally and the business rows per operation."""
+    return record(
+        scenario,
+        requests=tally.requests,
+        expected=expected,
+        found=sum(rows.values()),
+        duplicates=sum(count - 1 for count in rows.values()),
+        losses=expected - len(rows),
+        server_errors=tally.server_errors,
+        seconds=seconds,
+        notes=notes,
+    )
+
+
+def check_replays(
+    port: int, operations: list[tuple[str, Endpoint]], finals: dict[str, Reply], tally: Tally
+) -> None:
+    """Send every operation once more: each must replay what its client got, byte for byte."""
+    for key, endpoint in operations:
+        again = send(port, "POST", endpoint.path, endpoint.body(key), endpoint.headers(key))
+        if again.status != 201 or not again.replayed or again.body != finals[key].body:
+            tally.flag(f"{key}: replay {again.describe()} after {finals[key].describe()}")
+
+
+def assert_all_completed(database: Database, keys: list[str]) -> None:
+    states = database.key_states(keys)
+    assert states["completed"] == len(keys), states
+    assert states["with response"] == len(keys), states

@@ -32,10 +32,11 @@ from tests.stress.harness import (
     Reply,
     Server,
     Tally,
+    assert_all_completed,
     backoff,
     in_threads,
     knob,
-    record,
+    report,
     send,
     stopwatch,
 )
@@ -113,15 +114,11 @@ def hammer(
                 tally.flag(f"{key}: {reply.describe()}")
 
     rows = database.count_by(endpoint.table, endpoint.column, run)
-    states = database.key_states(names)
-    row = record(
+    row = report(
         scenario,
-        requests=tally.requests,
+        tally,
+        rows,
         expected=keys,
-        found=sum(rows.values()),
-        duplicates=sum(count - 1 for count in rows.values()),
-        losses=keys - len(rows),
-        server_errors=tally.server_errors,
         seconds=elapsed(),
         notes=(
             f"{keys} keys x {clients} clients; 409 locked: "
@@ -136,35 +133,39 @@ def hammer(
     assert row["duplicates"] == 0
     assert row["losses"] == 0
     assert first_answers == keys
-    assert states["completed"] == keys, states
-    assert states["with response"] == keys, states
+    assert_all_completed(database, names)
     return row, tally
 
 
 ENDPOINTS = [pytest.param(ORDERS, id="drf-orders"), pytest.param(PAYMENTS, id="payments")]
+SERVED = [
+    # Scenario 1: WSGI. Scenario 6: ASGI, with an async view.
+    pytest.param("gunicorn", ORDERS, id="gunicorn-drf-orders"),
+    pytest.param("gunicorn", PAYMENTS, id="gunicorn-payments"),
+    pytest.param("uvicorn", ORDERS, id="uvicorn-drf-orders"),
+    pytest.param("uvicorn", ASYNC_PAYMENTS, id="uvicorn-async-payments"),
+]
 WAITS = [pytest.param({}, id="409"), pytest.param(WAIT, id="concurrent-wait")]
 
 
-def _label(kind: str, endpoint: Endpoint, idempotency: dict[str, Any]) -> str:
-    wait = ", CONCURRENT_WAIT" if idempotency else ""
-    return f"1. duplicates, {kind}, {endpoint.name}{wait}"
-
-
 @pytest.mark.parametrize("idempotency", WAITS)
-@pytest.mark.parametrize("endpoint", ENDPOINTS)
+@pytest.mark.parametrize(("kind", "endpoint"), SERVED)
 def test_concurrent_duplicates_run_the_view_once(
     pg_database: Callable[[], Database],
     work_dir: Path,
+    kind: str,
     endpoint: Endpoint,
     idempotency: dict[str, Any],
 ) -> None:
     database = pg_database()
-    with Server(database, work_dir, kind="gunicorn", idempotency=idempotency) as server:
+    number = 1 if kind == "gunicorn" else 6
+    wait = ", CONCURRENT_WAIT" if idempotency else ""
+    with Server(database, work_dir, kind=kind, idempotency=idempotency) as server:
         _row, tally = hammer(
             server,
             endpoint,
             database,
-            scenario=_label("gunicorn/PostgreSQL", endpoint, idempotency),
+            scenario=f"{number}. duplicates, {kind}/PostgreSQL, {endpoint.name}{wait}",
             keys=KEYS,
             clients=CLIENTS,
             group=GROUP,
@@ -174,35 +175,6 @@ def test_concurrent_duplicates_run_the_view_once(
         assert tally.statuses["409"] == 0, tally.statuses
     else:
         assert tally.statuses["409"] > 0, "no duplicate ever overlapped the first request"
-
-
-ASGI_ENDPOINTS = [
-    pytest.param(ORDERS, id="drf-orders"),
-    pytest.param(ASYNC_PAYMENTS, id="async-payments"),
-]
-
-
-@pytest.mark.parametrize("idempotency", WAITS)
-@pytest.mark.parametrize("endpoint", ASGI_ENDPOINTS)
-def test_concurrent_duplicates_under_asgi(
-    pg_database: Callable[[], Database],
-    work_dir: Path,
-    endpoint: Endpoint,
-    idempotency: dict[str, Any],
-) -> None:
-    database = pg_database()
-    with Server(database, work_dir, kind="uvicorn", idempotency=idempotency) as server:
-        _row, tally = hammer(
-            server,
-            endpoint,
-            database,
-            scenario=_label("uvicorn/PostgreSQL", endpoint, idempotency).replace("1.", "6.", 1),
-            keys=KEYS,
-            clients=CLIENTS,
-            group=GROUP,
-        )
-    if idempotency:
-        assert tally.statuses["409"] == 0, tally.statuses
 
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS)

@@ -23,7 +23,7 @@ from tests.stress.harness import (
     Tally,
     in_threads,
     knob,
-    record,
+    report,
     send,
     stopwatch,
 )
@@ -101,14 +101,11 @@ def test_expired_lease_lets_exactly_one_request_commit(
         if not (retry.status == 201 and retry.replayed and retry.body == winner.body):
             tally.flag(f"{key}: retry answered {retry.describe()}, not {winner.describe()}")
 
-    row = record(
+    row = report(
         "3. expired leases, gunicorn/PostgreSQL",
-        requests=tally.requests,
+        tally,
+        rows,
         expected=KEYS,
-        found=sum(rows.values()),
-        duplicates=sum(count - 1 for count in rows.values()),
-        losses=KEYS - len(rows),
-        server_errors=tally.server_errors,
         seconds=elapsed(),
         notes=(
             f"view {DELAY} s, lease {LEASE} s; taken over: "

@@ -34,10 +34,11 @@ from tests.stress.harness import (
     Reply,
     Server,
     Tally,
+    assert_all_completed,
+    check_replays,
     in_threads,
     knob,
-    record,
-    send,
+    report,
     stopwatch,
     until_stored,
 )
@@ -109,28 +110,17 @@ def test_killed_workers_neither_duplicate_nor_lose_a_write(
                 killing.join(timeout=5)
         interrupted = tally.statuses["no answer"]
 
-        # Every key completed and answers with its stored response, byte for byte.
-        for key, endpoint in operations:
-            again = send(
-                server.port, "POST", endpoint.path, endpoint.body(key), endpoint.headers(key)
-            )
-            if again.status != 201 or not again.replayed or again.body != finals[key].body:
-                tally.flag(f"{key}: replay {again.describe()} after {finals[key].describe()}")
+        check_replays(server.port, operations, finals, tally)
         log = server.log_tail()
 
     rows = database.count_by(ORDERS.table, ORDERS.column, run) + database.count_by(
         PAYMENTS.table, PAYMENTS.column, run
     )
-    states = database.key_states([key for key, _ in operations])
-    duplicates = sum(count - 1 for count in rows.values())
-    row = record(
+    row = report(
         f"2. killed workers, gunicorn/PostgreSQL, ATOMIC={atomic}",
-        requests=tally.requests,
+        tally,
+        rows,
         expected=OPS,
-        found=sum(rows.values()),
-        duplicates=duplicates,
-        losses=OPS - len(rows),
-        server_errors=tally.server_errors,
         seconds=elapsed(),
         notes=(
             f"{len(kills)} SIGKILLs, {interrupted} requests cut off, "
@@ -142,11 +132,10 @@ def test_killed_workers_neither_duplicate_nor_lose_a_write(
     assert len(kills) >= 10, "the killer hardly ran"
     assert interrupted > 0, "no request was ever cut off by a kill"
     assert row["losses"] == 0
-    assert states["completed"] == OPS, states
-    assert states["with response"] == OPS, states
+    assert_all_completed(database, [key for key, _ in operations])
     if atomic:
         assert row["duplicates"] == 0
         assert row["found"] == OPS
     else:
         # Not a guarantee: the figure is reported, and quoted in the docs.
-        assert row["found"] == OPS + duplicates
+        assert row["found"] == OPS + row["duplicates"]

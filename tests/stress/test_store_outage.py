@@ -26,10 +26,11 @@ from tests.stress.harness import (
     Reply,
     Server,
     Tally,
+    assert_all_completed,
+    check_replays,
     in_threads,
     knob,
-    record,
-    send,
+    report,
     stopwatch,
     until_stored,
 )
@@ -116,26 +117,17 @@ def test_store_outage_fails_closed_and_loses_nothing(
             finally:
                 crash.join(timeout=120)
         assert not crash.is_alive()
-        for key in keys:
-            again = send(
-                server.port, "POST", PAYMENTS.path, PAYMENTS.body(key), PAYMENTS.headers(key)
-            )
-            if again.status != 201 or not again.replayed or again.body != finals[key].body:
-                tally.flag(f"{key}: replay {again.describe()} after {finals[key].describe()}")
+        check_replays(server.port, [(key, PAYMENTS) for key in keys], finals, tally)
         log = server.log_tail()
 
     rows = database.count_by(PAYMENTS.table, PAYMENTS.column, run)
-    states = database.key_states(keys)
     during = tally.by_phase.get("outage", Counter())
-    unavailable = sum(n for label, n in tally.codes.items() if label.endswith("unavailable"))
-    row = record(
+    unavailable = tally.codes["idempotency_store_unavailable"]
+    row = report(
         "4. store outage, gunicorn/PostgreSQL",
-        requests=tally.requests,
+        tally,
+        rows,
         expected=OPS,
-        found=sum(rows.values()),
-        duplicates=sum(count - 1 for count in rows.values()),
-        losses=OPS - len(rows),
-        server_errors=tally.server_errors,
         seconds=elapsed(),
         notes=(
             f"{OUTAGE_SECONDS} s down; 503 store unavailable: {unavailable} "
@@ -149,5 +141,4 @@ def test_store_outage_fails_closed_and_loses_nothing(
     assert row["found"] == OPS
     assert row["duplicates"] == 0
     assert row["losses"] == 0
-    assert states["completed"] == OPS, states
-    assert states["with response"] == OPS, states
+    assert_all_completed(database, keys)
