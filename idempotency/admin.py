@@ -259,7 +259,6 @@ class IdempotencyKeyAdmin(_KeyAdminBase):
         "response_status",
         "created_at",
         "expires_at",
-        "replay_count",
     ]
     list_display_links = ["key"]
     list_filter = ["state", MethodFilter, StatusClassFilter, ExpiredFilter]
@@ -273,7 +272,7 @@ class IdempotencyKeyAdmin(_KeyAdminBase):
     fieldsets = [
         (
             None,
-            {"fields": ["key", "scope_display", "method", "path", "state", "replay_count"]},
+            {"fields": ["key", "scope_display", "method", "path", "state"]},
         ),
         (_("Request"), {"fields": ["fingerprint"]}),
         (_("Lease"), {"fields": ["fence", "lease_expires_at", "lease_state"]}),
@@ -289,7 +288,6 @@ class IdempotencyKeyAdmin(_KeyAdminBase):
         "method",
         "path",
         "state",
-        "replay_count",
         "fingerprint",
         "fence",
         "lease_expires_at",

@@ -516,8 +516,6 @@ def _claim_once(
                 return _mismatch(settings)
             if found.status is None:
                 return None
-            if not found.counted:
-                store.count_replay(found.id)
             return replay(found.status, found.headers or [], found.body or b"")
         # Released, expired, or abandoned by a worker whose lease ran out.
         if store.take_over(

@@ -26,9 +26,6 @@ class IdempotencyKey(models.Model):
             "Raised on every takeover; a request may only complete the generation it claimed."
         ),
     )
-    replay_count = models.PositiveIntegerField(
-        _("replays"), default=0, help_text=_("How many times the stored response was replayed.")
-    )
     lease_expires_at = models.DateTimeField(_("lease expires at"), null=True, blank=True)
     created_at = models.DateTimeField(_("created at"), default=timezone.now)
     completed_at = models.DateTimeField(_("completed at"), null=True, blank=True)

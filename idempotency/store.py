@@ -38,11 +38,9 @@ class Existing:
     status: int | None
     headers: list[list[str]] | None
     body: bytes | None
-    #: Whether the statement that found the row already counted it as replayed.
-    counted: bool
 
     @classmethod
-    def from_row(cls, row: tuple[Any, ...], *, counted: bool = False) -> Existing:
+    def from_row(cls, row: tuple[Any, ...]) -> Existing:
         headers = row[7]
         if isinstance(headers, str):
             headers = json.loads(headers)
@@ -57,7 +55,6 @@ class Existing:
             status=row[6],
             headers=headers,
             body=bytes(body) if body is not None else None,
-            counted=counted,
         )
 
 
@@ -66,7 +63,6 @@ class _SQL:
     insert: str
     claim_or_fetch: str | None
     fetch: str
-    count_replay: str
     takeover: str
     drop_response: str
     complete: str
@@ -115,14 +111,13 @@ def _build_sql(vendor: str, quote: Quote) -> _SQL:
         kc("expires_at"),
     )
     kmethod, kpath, kcreated, kdone = kc("method"), kc("path"), kc("created_at"), kc("completed_at")
-    kreplays = kc("replay_count")
     rkey, rstatus, rheaders, rbody = rc("idempotency_key"), rc("status"), rc("headers"), rc("body")
     json_param = "%s::jsonb" if vendor == "postgresql" else "%s"
 
     insert = (
         f"INSERT INTO {kt} ({kscope}, {kkey}, {kfp}, {kmethod}, {kpath}, {kstate}, {kfence}, "
-        f"{kreplays}, {klease}, {kcreated}, {kexp}) "
-        f"VALUES (%s, %s, %s, %s, %s, '{RUNNING}', 1, 0, %s, %s, %s) "
+        f"{klease}, {kcreated}, {kexp}) "
+        f"VALUES (%s, %s, %s, %s, %s, '{RUNNING}', 1, %s, %s, %s) "
         f"ON CONFLICT ({kscope}, {kkey}) DO NOTHING RETURNING {kid}"
     )
     # lease_live and expired are computed by the database against the caller's clock.
@@ -133,23 +128,19 @@ def _build_sql(vendor: str, quote: Quote) -> _SQL:
     )
     existing_from = f"FROM {kt} k LEFT JOIN {rt} r ON r.{rkey} = k.{kid} WHERE k.{kscope} = %s AND k.{kkey} = %s"
     fetch = f"SELECT {existing_columns} {existing_from}"
-    count_replay = f"UPDATE {kt} SET {kreplays} = {kreplays} + 1 WHERE {kid} = %s"
     claim_or_fetch = None
     if vendor == "postgresql":
-        # One round trip for a new key, a replay (counted on the way) and a conflict.
-        # The SELECT cannot see a row committed by a concurrent claim after this
-        # statement's snapshot: then it returns nothing and the caller fetches again.
-        # The count's conditions are the engine's conditions for a replay.
+        # One round trip for a new key, a replay and a conflict; a replay writes
+        # nothing. The SELECT cannot see a row committed by a concurrent claim after
+        # this statement's snapshot: then it returns nothing and the caller fetches again.
         claim_or_fetch = (
-            f"WITH ins AS ({insert}), "
-            f"bump AS (UPDATE {kt} SET {kreplays} = {kreplays} + 1 WHERE {kscope} = %s "
-            f"AND {kkey} = %s AND {kstate} = '{COMPLETED}' AND {kfp} = %s AND {kexp} > %s) "
+            f"WITH ins AS ({insert}) "
             f"SELECT {kid}, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM ins "
             f"UNION ALL SELECT {existing_columns} {existing_from} "
             f"AND NOT EXISTS (SELECT 1 FROM ins)"
         )
     takeover = (
-        f"UPDATE {kt} SET {kstate} = '{RUNNING}', {kfence} = {kfence} + 1, {kreplays} = 0, "
+        f"UPDATE {kt} SET {kstate} = '{RUNNING}', {kfence} = {kfence} + 1, "
         f"{kfp} = %s, "
         f"{kmethod} = %s, {kpath} = %s, {klease} = %s, {kcreated} = %s, {kdone} = NULL, "
         f"{kexp} = %s WHERE {kid} = %s AND {kfence} = %s AND ({kstate} = '{RELEASED}' "
@@ -185,7 +176,6 @@ def _build_sql(vendor: str, quote: Quote) -> _SQL:
         insert=insert,
         claim_or_fetch=claim_or_fetch,
         fetch=fetch,
-        count_replay=count_replay,
         takeover=takeover,
         drop_response=drop_response,
         complete=complete,
@@ -229,14 +219,13 @@ class Store:
         fetch_params = [ts(now), ts(now), scope, key]
         with conn.cursor() as cursor:
             if sql.claim_or_fetch is not None:
-                bump_params = [scope, key, fingerprint, ts(now)]
-                cursor.execute(sql.claim_or_fetch, insert_params + bump_params + fetch_params)
+                cursor.execute(sql.claim_or_fetch, insert_params + fetch_params)
                 row = cursor.fetchone()
                 if row is not None:
-                    return row[0] if row[1] is None else Existing.from_row(row, counted=True)
+                    return row[0] if row[1] is None else Existing.from_row(row)
                 cursor.execute(sql.fetch, fetch_params)
             else:
-                # Read first, so that a replay costs a read and its count, not a failed insert.
+                # Read first, so that a replay costs one read, not a failed insert.
                 cursor.execute(sql.fetch, fetch_params)
                 row = cursor.fetchone()
                 if row is not None:
@@ -248,11 +237,6 @@ class Store:
                 cursor.execute(sql.fetch, fetch_params)
             row = cursor.fetchone()
         return Existing.from_row(row) if row is not None else None
-
-    def count_replay(self, key_id: int) -> None:
-        conn, sql = self._prepare()
-        with conn.cursor() as cursor:
-            cursor.execute(sql.count_replay, [key_id])
 
     def fetch(self, *, scope: str, key: str, now: datetime) -> Existing | None:
         conn, sql = self._prepare()

@@ -53,7 +53,6 @@ def make_key(
     status: int | None = 201,
     headers: list[list[str]] | None = None,
     body: bytes = b'{"id": 1}',
-    replay_count: int = 0,
 ) -> IdempotencyKey:
     now = timezone.now()
     row = IdempotencyKey.objects.create(
@@ -64,7 +63,6 @@ def make_key(
         path=path,
         state=state,
         fence=1,
-        replay_count=replay_count,
         lease_expires_at=now + lease_in if lease_in is not None else None,
         created_at=created_at or now,
         completed_at=now if state == COMPLETED else None,
@@ -113,7 +111,7 @@ def staff(django_user_model: Any, username: str, *codenames: str) -> Any:
 
 def test_changelist_shows_every_column(admin_client: Client, django_user_model: Any) -> None:
     alice = django_user_model.objects.create_user("alice")
-    make_key("k-user", scope=f"user:{alice.pk}", status=201, replay_count=3)
+    make_key("k-user", scope=f"user:{alice.pk}", status=201)
     long_scope = "authorization:" + "a" * 64
     make_key("k-token", scope=long_scope, method="PATCH", path="/api/orders/7/", status=422)
     make_key("k-running", state=RUNNING, lease_in=timedelta(seconds=30), status=None)
@@ -130,7 +128,6 @@ def test_changelist_shows_every_column(admin_client: Client, django_user_model: 
         "response_status": "Response status",
         "created_at": "Created at",
         "expires_at": "Expires at",
-        "replay_count": "Replays",
     }
     for n, (column, label) in enumerate(columns.items(), start=1):
         assertContains(response, f'class="sortable column-{column}', count=1)
@@ -151,7 +148,6 @@ def test_changelist_shows_every_column(admin_client: Client, django_user_model: 
     assertContains(response, '<td class="field-response_status">201</td>')
     assertContains(response, '<td class="field-response_status">422</td>')
     assertContains(response, '<td class="field-response_status">-</td>')
-    assertContains(response, '<td class="field-replay_count">3</td>')
     assert [key.key for key in response.context["cl"].result_list] == [
         "k-running",
         "k-token",
@@ -466,7 +462,7 @@ def test_expire_action_makes_a_completed_key_rerunnable(admin_client: Client) ->
     assert replayed.headers["Idempotent-Replayed"] == "true"
     assert Payment.objects.count() == 1
     key = IdempotencyKey.objects.get(key="pay-expire")
-    assert (key.state, key.replay_count) == (COMPLETED, 1)
+    assert key.state == COMPLETED
 
     response = run_action(admin_client, "expire_keys", [key])
 
@@ -483,7 +479,7 @@ def test_expire_action_makes_a_completed_key_rerunnable(admin_client: Client) ->
     assert Payment.objects.count() == 2
     assert rerun.json()["id"] != first.json()["id"]
     key.refresh_from_db()
-    assert (key.state, key.fence, key.replay_count) == (COMPLETED, 2, 0)
+    assert (key.state, key.fence) == (COMPLETED, 2)
     assert key.expires_at > timezone.now()
 
 
