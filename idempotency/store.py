@@ -184,6 +184,38 @@ def _build_sql(vendor: str, quote: Quote) -> _SQL:
     )
 
 
+#: From this size on, a response body goes to PostgreSQL as a binary parameter.
+BINARY_BODY_MIN = 64 * 1024
+
+
+def _binds_binary(conn: BaseDatabaseWrapper) -> bool:
+    """Whether ``conn`` is PostgreSQL through psycopg 3, which can bind parameters
+    server-side and in binary."""
+    if conn.vendor != "postgresql":
+        return False
+    from django.db.backends.postgresql.psycopg_any import is_psycopg3
+
+    return bool(is_psycopg3)
+
+
+def _execute_binary(conn: BaseDatabaseWrapper, statement: str, params: list[Any]) -> int:
+    """Run ``statement`` with server-side binding; return its row count.
+
+    Django's default psycopg 3 cursor binds client-side: it escapes a ``bytea``
+    parameter into the query text, so a 5 MiB body would be held four times over
+    (escaped bytes, query text, its encoding, libpq's buffer). Bound server-side
+    the body travels as binary, as it is. The statement joins the connection's
+    current transaction like any other, but bypasses Django's cursor wrapper, so it
+    is not in ``connection.queries``.
+    """
+    import psycopg
+
+    conn.ensure_connection()
+    with conn.wrap_database_errors, psycopg.Cursor(conn.connection) as cursor:
+        cursor.execute(statement, params)
+        return int(cursor.rowcount)
+
+
 class Store:
     """Statements against one database alias."""
 
@@ -286,8 +318,11 @@ class Store:
         headers_json = json.dumps(headers, separators=(",", ":"))
         key_params = [ts(now), ts(expires_at), key_id, fence]
         if sql.complete_response is None:
+            params = [*key_params, status, headers_json, body]
+            if len(body) >= BINARY_BODY_MIN and _binds_binary(conn):
+                return _execute_binary(conn, sql.complete, params) == 1
             with conn.cursor() as cursor:
-                cursor.execute(sql.complete, [*key_params, status, headers_json, body])
+                cursor.execute(sql.complete, params)
                 return bool(cursor.rowcount == 1)
         # Inside the view's transaction this adds no savepoint; outside it, it makes one.
         with transaction.atomic(using=self.alias, savepoint=False), conn.cursor() as cursor:

@@ -44,6 +44,7 @@ from idempotency.conf import idempotency_settings
 from idempotency.decorators import idempotency_exempt
 from idempotency.fingerprints import default_fingerprint
 from idempotency.models import IdempotencyKey, IdempotencyResponse
+from idempotency.store import BINARY_BODY_MIN
 from tests.assertions import assert_problem
 
 pytestmark = [pytest.mark.urls(__name__), pytest.mark.django_db]
@@ -1507,9 +1508,15 @@ def test_database_error_with_the_store_still_reachable_stays_the_views_error(
 # ---------------------------------------------------------------------------- bad input
 
 
-def test_binary_body_round_trips(send: Send) -> None:
+@pytest.mark.parametrize(
+    "size",
+    [1024, BINARY_BODY_MIN, 2 * 1024 * 1024],
+    ids=["1-kib", "binary-bound-threshold", "2-mib"],
+)
+def test_binary_body_round_trips(send: Send, size: int) -> None:
+    # From BINARY_BODY_MIN on, PostgreSQL gets the body as a binary parameter.
     key = new_key()
-    body = bytes(range(256)) * 4
+    body = (bytes(range(256)) * (size // 256 + 1))[:size]
     first = send("POST", "/binary/", body, "application/octet-stream", headers=idem(key))
     replay = send("POST", "/binary/", body, "application/octet-stream", headers=idem(key))
     other = send(
