@@ -1,9 +1,10 @@
 """The SQL behind the engine: claim, look up, take over, complete, release.
 
-Each operation is one statement where the backend allows it (PostgreSQL: a claim
-that also returns the existing row, a fenced completion that also inserts the
-response), so a first request costs two round trips and a replay one. The
-models keep serving migrations, the admin and the purge command.
+The fewest statements the guarantees need, in raw SQL. On PostgreSQL a first
+request costs a claim INSERT and a fenced completion that also inserts the
+response (one statement); a replay costs the conflicting INSERT, which writes
+nothing, and one read. On SQLite a replay is one read. The models keep serving
+migrations, the admin and the purge command.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ class Existing:
 @dataclass(frozen=True, slots=True)
 class _SQL:
     insert: str
-    claim_or_fetch: str | None
+    read_first: bool
     fetch: str
     takeover: str
     drop_response: str
@@ -128,17 +129,6 @@ def _build_sql(vendor: str, quote: Quote) -> _SQL:
     )
     existing_from = f"FROM {kt} k LEFT JOIN {rt} r ON r.{rkey} = k.{kid} WHERE k.{kscope} = %s AND k.{kkey} = %s"
     fetch = f"SELECT {existing_columns} {existing_from}"
-    claim_or_fetch = None
-    if vendor == "postgresql":
-        # One round trip for a new key, a replay and a conflict; a replay writes
-        # nothing. The SELECT cannot see a row committed by a concurrent claim after
-        # this statement's snapshot: then it returns nothing and the caller fetches again.
-        claim_or_fetch = (
-            f"WITH ins AS ({insert}) "
-            f"SELECT {kid}, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM ins "
-            f"UNION ALL SELECT {existing_columns} {existing_from} "
-            f"AND NOT EXISTS (SELECT 1 FROM ins)"
-        )
     takeover = (
         f"UPDATE {kt} SET {kstate} = '{RUNNING}', {kfence} = {kfence} + 1, "
         f"{kfp} = %s, "
@@ -152,21 +142,19 @@ def _build_sql(vendor: str, quote: Quote) -> _SQL:
         f"UPDATE {kt} SET {kstate} = '{COMPLETED}', {klease} = NULL, {kdone} = %s, {kexp} = %s "
         f"WHERE {kid} = %s AND {kfence} = %s AND {kstate} = '{RUNNING}'"
     )
-    upsert = (
-        f"ON CONFLICT ({rkey}) DO UPDATE SET {rstatus} = EXCLUDED.{rstatus}, "
-        f"{rheaders} = EXCLUDED.{rheaders}, {rbody} = EXCLUDED.{rbody}"
-    )
+    # No upsert: a key's old response is deleted when the key is taken over, so the
+    # request holding the fence always inserts into an empty slot.
     complete_response = None
     if vendor == "postgresql":
         complete = (
             f"WITH done AS ({complete} RETURNING {kid}) "
             f"INSERT INTO {rt} ({rkey}, {rstatus}, {rheaders}, {rbody}) "
-            f"SELECT {kid}, %s, {json_param}, %s FROM done {upsert}"
+            f"SELECT {kid}, %s, {json_param}, %s FROM done"
         )
     else:
         complete_response = (
             f"INSERT INTO {rt} ({rkey}, {rstatus}, {rheaders}, {rbody}) "
-            f"VALUES (%s, %s, {json_param}, %s) {upsert}"
+            f"VALUES (%s, %s, {json_param}, %s)"
         )
     release = (
         f"UPDATE {kt} SET {kstate} = '{RELEASED}', {klease} = NULL, {kexp} = %s "
@@ -174,7 +162,7 @@ def _build_sql(vendor: str, quote: Quote) -> _SQL:
     )
     return _SQL(
         insert=insert,
-        claim_or_fetch=claim_or_fetch,
+        read_first=vendor != "postgresql",
         fetch=fetch,
         takeover=takeover,
         drop_response=drop_response,
@@ -250,23 +238,20 @@ class Store:
         insert_params += [ts(lease_until), ts(now), ts(expires_at)]
         fetch_params = [ts(now), ts(now), scope, key]
         with conn.cursor() as cursor:
-            if sql.claim_or_fetch is not None:
-                cursor.execute(sql.claim_or_fetch, insert_params + fetch_params)
-                row = cursor.fetchone()
-                if row is not None:
-                    return row[0] if row[1] is None else Existing.from_row(row)
-                cursor.execute(sql.fetch, fetch_params)
-            else:
-                # Read first, so that a replay costs one read, not a failed insert.
+            if sql.read_first:
+                # SQLite: an INSERT takes the database's single write lock even when it
+                # conflicts, so a replay reads first and never writes.
                 cursor.execute(sql.fetch, fetch_params)
                 row = cursor.fetchone()
                 if row is not None:
                     return Existing.from_row(row)
-                cursor.execute(sql.insert, insert_params)
-                row = cursor.fetchone()
-                if row is not None:
-                    return int(row[0])
-                cursor.execute(sql.fetch, fetch_params)
+            # PostgreSQL: a first request (the common case) costs this one INSERT; a
+            # conflicting INSERT writes nothing, and a replay then costs one read more.
+            cursor.execute(sql.insert, insert_params)
+            row = cursor.fetchone()
+            if row is not None:
+                return int(row[0])
+            cursor.execute(sql.fetch, fetch_params)
             row = cursor.fetchone()
         return Existing.from_row(row) if row is not None else None
 

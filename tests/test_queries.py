@@ -51,11 +51,11 @@ def test_safe_methods_with_a_key_cost_no_query(method: str) -> None:
 def test_first_request_claims_once_and_completes_once() -> None:
     statements = _send(key=str(uuid.uuid4()))
     if POSTGRES:
-        # INSERT ... ON CONFLICT (fused with the lookup), then UPDATE + response INSERT in
-        # one statement, in the view's transaction.
-        assert statements == ["WITH", "BEGIN", "WITH", "COMMIT"]
+        # The claim INSERT, then UPDATE + response INSERT in one statement, in the view's
+        # transaction: the statements of the physical floor, no more.
+        assert statements == ["INSERT", "BEGIN", "WITH", "COMMIT"]
     else:
-        # A read first, so that a replay costs no failed insert.
+        # A read first, so that a replay never takes SQLite's write lock.
         assert statements == ["SELECT", "INSERT", "BEGIN", "UPDATE", "INSERT", "COMMIT"]
 
 
@@ -63,7 +63,7 @@ def test_first_request_without_atomic() -> None:
     with override_settings(IDEMPOTENCY={"ATOMIC": False}):
         statements = _send(key=str(uuid.uuid4()))
     if POSTGRES:
-        assert statements == ["WITH", "WITH"]
+        assert statements == ["INSERT", "WITH"]
     else:
         assert statements == ["SELECT", "INSERT", "BEGIN", "UPDATE", "INSERT", "COMMIT"]
 
@@ -71,18 +71,20 @@ def test_first_request_without_atomic() -> None:
 def test_mismatch_costs_what_a_replay_costs() -> None:
     key = str(uuid.uuid4())
     _send(key=key)
-    assert _send(key=key, body='{"a": 2}', status=409) == (["WITH"] if POSTGRES else ["SELECT"])
+    expected = ["INSERT", "SELECT"] if POSTGRES else ["SELECT"]
+    assert _send(key=key, body='{"a": 2}', status=409) == expected
 
 
-def test_replay_is_one_read_and_writes_nothing() -> None:
+def test_replay_reads_and_writes_nothing() -> None:
     from idempotency.models import IdempotencyKey, IdempotencyResponse
 
     key = str(uuid.uuid4())
     _send(key=key)
     stored = list(IdempotencyKey.objects.values()), list(IdempotencyResponse.objects.values())
     for _ in range(3):
-        # PostgreSQL: the claim statement finds the row, inserts nothing; SQLite: one read.
-        assert _send(key=key) == (["WITH"] if POSTGRES else ["SELECT"])
+        # PostgreSQL: the claim INSERT conflicts and writes nothing, then one read.
+        # SQLite: one read.
+        assert _send(key=key) == (["INSERT", "SELECT"] if POSTGRES else ["SELECT"])
     assert (list(IdempotencyKey.objects.values()), list(IdempotencyResponse.objects.values())) == (
         stored
     )
