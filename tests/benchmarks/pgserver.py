@@ -1,0 +1,34 @@
+"""A PostgreSQL server for a benchmark: the one given, or a throwaway one of its own."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@contextmanager
+def postgres_server(url: str | None) -> Iterator[str]:
+    """Yield ``url``; without one, start a PostgreSQL 15 with ``scripts/pg`` and stop it after."""
+    if url:
+        yield url
+        return
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from tests.stress.harness import Cluster, free_port
+
+    directory = Path(tempfile.mkdtemp(prefix="django-idempotency-bench-pg."))
+    cluster = Cluster(directory, free_port())
+    try:
+        cluster.start()
+        yield cluster.url()
+    finally:
+        try:
+            cluster.destroy()
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)

@@ -1,0 +1,157 @@
+"""Write the benchmark tables of the docs from the results of ``tox -e bench``.
+
+Reads ``results/http.json``, ``results/inprocess.json`` and ``results/memory.json``
+and writes ``docs/_static/benchmarks-{http,inprocess,memory}.rst``, which
+``docs/benchmarks.rst`` includes. Only measured figures go in; the notes beside the alternatives state
+what each one skips, as measured by the benchmark's own checks.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+DOCS_STATIC = HERE.parents[1] / "docs" / "_static"
+
+#: What an alternative skips that makes it cheaper, as the benchmark observed it.
+SKIPS = {
+    "django-idempotency-key": "keeps no lock across processes: ran the view again under "
+    "concurrent duplicates; replays before authentication, keyed by the Authorization header",
+    "drf-idempotency": "replays before authentication, to any caller who has the key",
+}
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = [".. list-table::", "   :header-rows: 1", ""]
+    for row in [header, *rows]:
+        out.append(f"   * - {row[0]}")
+        out.extend(f"     - {cell}" if cell else "     -" for cell in row[1:])
+    return [*out, ""]
+
+
+def http_section(data: dict[str, Any]) -> list[str]:
+    versions = data["versions"]
+    machine = data["machine"]
+    params = data["parameters"]
+    lines = [
+        f"Measured {data['date'][:16].replace('T', ' ')} UTC on {machine['cpu']}, "
+        f"{machine['cores']} cores; Python {versions['python']}, Django {versions['django']}, "
+        f"DRF {versions['djangorestframework']}, PostgreSQL {versions['postgresql'].split()[0]}, "
+        f"gunicorn {versions['gunicorn']} ({params['server'].split('gunicorn ')[-1]}), "
+        f"wrk {params['wrk']}; the median of {params['rounds']} interleaved rounds of "
+        f"{params['duration_s']} s per variant.",
+        "",
+    ]
+    header = [
+        "variant",
+        "endpoint",
+        "req/s",
+        "vs baseline",
+        "p50 ms",
+        "p99 ms",
+        "queries/request",
+        "peak RSS/worker MiB",
+        "view ran twice under concurrent duplicates",
+        "skips",
+    ]
+    base = {v["endpoint"]: v["rps"] for v in data["variants"] if v["mode"] == "none"}
+    rows = []
+    for v in data["variants"]:
+        rows.append(
+            [
+                v["variant"],
+                v["endpoint"],
+                f"{v['rps']:,.0f}",
+                f"{v['rps'] / base[v['endpoint']]:.2f}x",
+                f"{v['p50_ms']:.1f}",
+                f"{v['p99_ms']:.1f}",
+                f"{v['queries_per_request']:g}",
+                f"{v['rss_peak_mib']['max']:.1f}",
+                v["duplicates"]["summary"],
+                SKIPS.get(v["package"], ""),
+            ]
+        )
+    return lines + _table(header, rows)
+
+
+def inprocess_section(data: dict[str, Any]) -> list[str]:
+    header = [
+        "database",
+        "baseline µs",
+        "no key",
+        "replay",
+        "first request",
+        "floor",
+        "no key vs baseline (target ≥ 0.98)",
+        "replay vs baseline (target ≥ 1.00)",
+        "first beyond floor, x baseline (target ≤ 0.15)",
+    ]
+    rows = []
+    first = next(iter(data.values()))
+    for result in data.values():
+        us = result["per_request_us"]
+        ratio = result["throughput_vs_baseline"]
+        rows.append(
+            [
+                result["database"],
+                f"{us['baseline']:,.0f}",
+                f"{us['no-key']:,.0f}",
+                f"{us['replay']:,.0f}",
+                f"{us['first']:,.0f}",
+                f"{us['floor']:,.0f}",
+                f"{ratio['no-key']:.2f}",
+                f"{ratio['replay']:.2f}",
+                f"{result['first_cost_beyond_floor_vs_baseline']:.2f}",
+            ]
+        )
+    intro = [
+        f"Measured {first['date']}, Python {first['python']}, Django {first['django']}, "
+        f"{first['rounds']} shuffled rounds of {first['requests_per_round']} requests per "
+        "variant; times are medians per request.",
+        "",
+    ]
+    return intro + _table(header, rows)
+
+
+def memory_section(data: dict[str, Any]) -> list[str]:
+    header = ["database", "body", "storing raised peak RSS by", "replaying raised it by"]
+    rows = [
+        [
+            name,
+            f"{r['body_mib']} MiB",
+            f"{r['store_raised_peak_by_x_body']:.2f}x the body",
+            f"{r['replay_raised_peak_by_x_body']:.2f}x the body",
+        ]
+        for name, r in data.items()
+    ]
+    return _table(header, rows)
+
+
+def main() -> int:
+    sections = [
+        ("http", "http.json", http_section),
+        ("inprocess", "inprocess.json", inprocess_section),
+        ("memory", "memory.json", memory_section),
+    ]
+    for name, filename, build in sections:
+        path = RESULTS / filename
+        if not path.exists():
+            print(f"report.py: {path} is missing; run tox -e bench", file=sys.stderr)
+            return 1
+        out = DOCS_STATIC / f"benchmarks-{name}.rst"
+        lines = [
+            ".. Written by tests/benchmarks/report.py from tests/benchmarks/results/; do not edit.",
+            "",
+            *build(json.loads(path.read_text())),
+        ]
+        out.write_text("\n".join(lines))
+        print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
