@@ -33,7 +33,6 @@ import platform
 import random
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -54,7 +53,14 @@ WRK_DIR = BENCH_DIR / "wrk"
 DEFAULT_OUTPUT = BENCH_DIR / "results" / "http.json"
 
 sys.path.insert(0, str(ROOT))
-from tests.stress.harness import Cluster, Reply, free_port, send  # noqa: E402
+from tests.stress.harness import (  # noqa: E402
+    Cluster,
+    Reply,
+    free_port,
+    send,
+    stop_process_group,
+    tail,
+)
 
 TOKEN = "bench-token-0123456789abcdef0123456789ab"
 BODY = b'{"name":"widget","quantity":2,"price":"9.99"}'  # as in wrk/common.lua
@@ -331,24 +337,10 @@ class Server:
 
     def stop(self) -> None:
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(process.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                process.wait(timeout=wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        stop_process_group(process)
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return tail(self.log_path, lines)
 
 
 class Databases:

@@ -41,6 +41,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pgserver import add_url_option, postgres_server
+
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).resolve().parent / "results"
 BODY = json.dumps({"amount": "12.50", "currency": "EUR", "reference": "bench"}).encode()
@@ -210,12 +212,7 @@ def run_worker(database_url: str, rounds: int, per_round: int) -> dict[str, Any]
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--url",
-        default=os.environ.get("TEST_POSTGRES_URL"),
-        help="PostgreSQL server URL (a database of its own is created there); "
-        "default TEST_POSTGRES_URL, else a throwaway server started with scripts/pg",
-    )
+    add_url_option(parser)
     parser.add_argument("--databases", default="sqlite,postgresql")
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--per-round", type=int, default=100)
@@ -225,8 +222,6 @@ def main() -> int:
     if args.worker:
         print(json.dumps(run_worker(args.worker, args.rounds, args.per_round)))
         return 0
-
-    from pgserver import postgres_server
 
     wanted = args.databases.split(",")
     results: dict[str, Any] = {}

@@ -25,6 +25,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from pgserver import add_url_option, postgres_server
+
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).resolve().parent / "results"
 MIB = 1024 * 1024
@@ -102,12 +104,7 @@ def worker(database_url: str, mib: int) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--url",
-        default=os.environ.get("TEST_POSTGRES_URL"),
-        help="PostgreSQL server URL (a database of its own is created there); "
-        "default TEST_POSTGRES_URL, else a throwaway server started with scripts/pg",
-    )
+    add_url_option(parser)
     parser.add_argument("--mib", type=int, default=5)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--no-write", action="store_true")
@@ -115,8 +112,6 @@ def main() -> int:
     if args.worker:
         print(json.dumps(worker(args.worker, args.mib)))
         return 0
-
-    from pgserver import postgres_server
 
     scratch = tempfile.mkdtemp(prefix="bench-memory.")
     results = {}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -32,3 +34,12 @@ def postgres_server(url: str | None) -> Iterator[str]:
             cluster.destroy()
         finally:
             shutil.rmtree(directory, ignore_errors=True)
+
+
+def add_url_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("TEST_POSTGRES_URL"),
+        help="PostgreSQL server URL (a database of its own is created there); "
+        "default TEST_POSTGRES_URL, else a throwaway server started with scripts/pg",
+    )

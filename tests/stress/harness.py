@@ -195,6 +195,34 @@ def server_env(database: Database, idempotency: dict[str, Any], *, debug: bool) 
     return env
 
 
+def stop_process_group(process: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM the process group of ``process`` (started with ``start_new_session``),
+    SIGKILL whatever is left after a grace period."""
+    if process is None or process.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # workers left behind, if any
+    except ProcessLookupError:
+        pass
+
+
+def tail(path: Path, lines: int) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
 class Server:
     """The testproject under gunicorn (WSGI, sync workers) or uvicorn (ASGI)."""
 
@@ -293,28 +321,10 @@ class Server:
 
     def stop(self) -> None:
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(process.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                process.wait(timeout=wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        try:
-            os.killpg(process.pid, signal.SIGKILL)  # workers left behind, if any
-        except ProcessLookupError:
-            pass
+        stop_process_group(process)
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return tail(self.log_path, lines)
 
     def __enter__(self) -> Server:
         return self.start()
