@@ -39,11 +39,14 @@ from django.test import AsyncClient, AsyncRequestFactory, Client, RequestFactory
 from django.test.client import BOUNDARY, MULTIPART_CONTENT, encode_multipart
 from django.urls import path
 from django.utils import timezone
+from rest_framework.permissions import AllowAny
+from rest_framework.views import APIView
 
 from idempotency.conf import idempotency_settings
-from idempotency.decorators import idempotency_exempt
+from idempotency.decorators import idempotency_exempt, idempotent
 from idempotency.fingerprints import default_fingerprint
 from idempotency.models import IdempotencyKey, IdempotencyResponse
+from idempotency.rest_framework import IdempotencyMixin
 from idempotency.store import BINARY_BODY_MIN
 from tests.assertions import assert_problem
 
@@ -215,6 +218,24 @@ def lose_database_midway(request: HttpRequest) -> HttpResponse:
     raise OperationalError("server closed the connection unexpectedly")
 
 
+class LoseDatabaseAPIView(IdempotencyMixin, APIView):
+    """The same view under the DRF mixin (which the middleware leaves alone)."""
+
+    authentication_classes: list[Any] = []
+    permission_classes = [AllowAny]
+
+    def post(self, request: Any) -> HttpResponse:
+        return lose_database_midway(request._request)
+
+
+#: The lost-database view under each adapter.
+LOSE_DATABASE = {
+    "middleware": "/lose-database/",
+    "decorator": "/lose-database/decorated/",
+    "drf-mixin": "/lose-database/drf/",
+}
+
+
 @idempotency_exempt
 def exempt(request: HttpRequest) -> HttpResponse:
     return create(request)
@@ -251,6 +272,8 @@ urlpatterns = [
     path("in-transaction/", in_transaction),
     path("break/", break_own_connection),
     path("lose-database/", lose_database_midway),
+    path("lose-database/decorated/", idempotent(lose_database_midway)),
+    path("lose-database/drf/", LoseDatabaseAPIView.as_view()),
 ]
 
 
@@ -1472,14 +1495,14 @@ def test_store_lost_after_the_view_ran(send: Send) -> None:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_database_lost_while_the_view_runs_is_503(send: Send) -> None:
+@pytest.mark.parametrize("adapter", list(LOSE_DATABASE))
+def test_database_lost_while_the_view_runs_is_503(send: Send, adapter: str) -> None:
     key = new_key()
     client = send.client(raise_request_exception=False)
+    url = LOSE_DATABASE[adapter]
 
     response = in_thread_restoring_connection(
-        lambda: send(
-            "POST", "/lose-database/", headers={**idem(key), "X-Store": "gone"}, client=client
-        )
+        lambda: send("POST", url, headers={**idem(key), "X-Store": "gone"}, client=client)
     )
 
     # Not Django's 500: the view's transaction died with the connection, so the
@@ -1492,13 +1515,14 @@ def test_database_lost_while_the_view_runs_is_503(send: Send) -> None:
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("adapter", list(LOSE_DATABASE))
 def test_database_error_with_the_store_still_reachable_stays_the_views_error(
-    send: Send,
+    send: Send, adapter: str
 ) -> None:
     key = new_key()
     client = send.client(raise_request_exception=False)
 
-    response = send("POST", "/lose-database/", headers=idem(key), client=client)
+    response = send("POST", LOSE_DATABASE[adapter], headers=idem(key), client=client)
 
     assert response.status_code == 500
     assert rows() == []
