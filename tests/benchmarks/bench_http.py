@@ -56,7 +56,9 @@ sys.path.insert(0, str(ROOT))
 from tests.stress.harness import (  # noqa: E402
     Cluster,
     Reply,
+    child_pids,
     free_port,
+    gunicorn_command,
     send,
     stop_process_group,
     tail,
@@ -273,25 +275,7 @@ class Server:
     def start(self) -> None:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "benchproject.wsgi:application",
-                "--bind",
-                f"127.0.0.1:{self.port}",
-                "--workers",
-                str(WORKERS),
-                "--worker-class",
-                "sync",
-                "--preload",
-                "--timeout",
-                "120",
-                "--graceful-timeout",
-                "5",
-                "--backlog",
-                "2048",
-            ],
+            gunicorn_command("benchproject.wsgi:application", self.port, WORKERS),
             cwd=BENCH_DIR,
             env=django_env(self.variant.integration.settings, self.database_url),
             stdin=subprocess.DEVNULL,
@@ -313,14 +297,7 @@ class Server:
         raise SystemExit(f"gunicorn for {self.variant.name} not ready:\n{self.log_tail()}")
 
     def worker_pids(self) -> list[int]:
-        if self.process is None:
-            return []
-        pid = self.process.pid
-        try:
-            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        except OSError:
-            return []
-        return [int(child) for child in children]
+        return child_pids(self.process)
 
     def peak_rss_mib(self) -> list[float]:
         """VmHWM of each worker, in MiB."""

@@ -195,6 +195,43 @@ def server_env(database: Database, idempotency: dict[str, Any], *, debug: bool) 
     return env
 
 
+def gunicorn_command(app: str, port: int, workers: int) -> list[str]:
+    """gunicorn on 127.0.0.1:``port`` with ``workers`` sync workers."""
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        app,
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        str(workers),
+        "--worker-class",
+        "sync",
+        # Fork workers from a loaded app: a killed worker is back within
+        # milliseconds, not after re-importing Django.
+        "--preload",
+        "--timeout",
+        "120",
+        "--graceful-timeout",
+        "5",
+        "--backlog",
+        "2048",
+    ]
+
+
+def child_pids(process: subprocess.Popen[bytes] | None) -> list[int]:
+    """The live children of ``process`` (a server's workers)."""
+    if process is None:
+        return []
+    pid = process.pid
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+    return [int(child) for child in children]
+
+
 def stop_process_group(process: subprocess.Popen[bytes] | None) -> None:
     """SIGTERM the process group of ``process`` (started with ``start_new_session``),
     SIGKILL whatever is left after a grace period."""
@@ -246,27 +283,7 @@ class Server:
     def command(self) -> list[str]:
         address = ["127.0.0.1", str(self.port)]
         if self.kind == "gunicorn":
-            return [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "testproject.wsgi:application",
-                "--bind",
-                ":".join(address),
-                "--workers",
-                str(self.workers),
-                "--worker-class",
-                "sync",
-                # Fork workers from a loaded app: a killed worker is back within
-                # milliseconds, not after re-importing Django.
-                "--preload",
-                "--timeout",
-                "120",
-                "--graceful-timeout",
-                "5",
-                "--backlog",
-                "2048",
-            ]
+            return gunicorn_command("testproject.wsgi:application", self.port, self.workers)
         return [
             sys.executable,
             "-m",
@@ -302,7 +319,7 @@ class Server:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.kind} exited at start:\n{self.log_tail()}")
             reply = send(self.port, "GET", "/stress/ping/", timeout=2)
-            if reply.status == 200 and len(self.worker_pids()) >= min(self.workers, 1):
+            if reply.status == 200 and len(self.worker_pids()) >= self.workers:
                 return self
             time.sleep(0.1)
         self.stop()
@@ -310,14 +327,7 @@ class Server:
 
     def worker_pids(self) -> list[int]:
         """The live worker processes (children of the master process)."""
-        if self.process is None:
-            return []
-        pid = self.process.pid
-        try:
-            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        except OSError:
-            return []
-        return [int(child) for child in children]
+        return child_pids(self.process)
 
     def stop(self) -> None:
         process, self.process = self.process, None
