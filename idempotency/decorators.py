@@ -86,19 +86,22 @@ def idempotent(
             async def async_view(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
                 if _skip(request):
                     return await func(request, *args, **kwargs)
-                outcome = await sync_to_async(engine.start)(request, request, options)
+                outcome = await sync_to_async(engine.start)(request, request, options, func)
                 if outcome is None:
                     return await func(request, *args, **kwargs)
                 if not isinstance(outcome, engine.Claim):
                     return outcome
                 await sync_to_async(outcome.enter_atomic)()
+                outcome.activate()
                 try:
                     response = await func(request, *args, **kwargs)
                 except BaseException as exc:
+                    outcome.deactivate()
                     answer = await sync_to_async(outcome.abort)(exc)
                     if answer is None:
                         raise
                     return answer
+                outcome.deactivate()
                 return await sync_to_async(outcome.finish)(response)
 
             wrapper: Any = async_view
@@ -108,7 +111,7 @@ def idempotent(
             def sync_view(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
                 if _skip(request):
                     return func(request, *args, **kwargs)
-                outcome = engine.start(request, request, options)
+                outcome = engine.start(request, request, options, func)
                 if outcome is None:
                     return func(request, *args, **kwargs)
                 if not isinstance(outcome, engine.Claim):

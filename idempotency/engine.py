@@ -21,8 +21,10 @@ from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 from django.utils import timezone
 
+from idempotency import signals
 from idempotency import store as store_module
 from idempotency.conf import Resolved, idempotency_settings
+from idempotency.context import CurrentKey, _activate
 from idempotency.fingerprints import BodyTooLarge, default_fingerprint
 from idempotency.keys import InvalidKey, parse_header, validate_key
 from idempotency.problems import problem
@@ -116,6 +118,55 @@ def replay(status: int, headers: list[list[str]], body: bytes) -> HttpResponse:
     return response
 
 
+def _emit(
+    signal: Any,
+    event: str,
+    *,
+    sender: Any,
+    request: HttpRequest,
+    key: str,
+    scope: str | None,
+    **fields: Any,
+) -> None:
+    """Send ``signal`` and log the event under the ``idempotency`` logger."""
+    if logger.isEnabledFor(logging.INFO):
+        data: dict[str, Any] = {
+            "event": event,
+            "key": key,
+            "scope": scope,
+            "method": request.method,
+            "path": request.path,
+        }
+        for name, value in fields.items():
+            data[name] = type(value).__name__ if isinstance(value, BaseException) else value
+        details = " ".join(
+            f"{name}={value:.3f}" if isinstance(value, float) else f"{name}={value}"
+            for name, value in ((name, data[name]) for name in fields)
+        )
+        logger.info(
+            "idempotency %s: %s %s key=%r scope=%s %s",
+            event,
+            request.method,
+            request.path,
+            key,
+            scope,
+            details,
+            extra={"idempotency": data},
+        )
+    if not signal.receivers:
+        return
+    for receiver, result in signal.send_robust(
+        sender, request=request, key=key, scope=scope, **fields
+    ):
+        if isinstance(result, Exception):
+            logger.error(
+                "A receiver of the idempotency %s signal raised: %r",
+                event,
+                receiver,
+                exc_info=result,
+            )
+
+
 def _store_unavailable(settings: Resolved) -> HttpResponse:
     return problem(
         "idempotency_store_unavailable",
@@ -156,10 +207,13 @@ class Claim:
         "fingerprint",
         "id",
         "key",
+        "request",
         "scope",
         "settings",
+        "started",
         "store",
         "ttl",
+        "view",
     )
 
     def __init__(
@@ -173,6 +227,8 @@ class Claim:
         settings: Resolved,
         ttl: float,
         atomic: bool,
+        request: HttpRequest,
+        view: Any = None,
     ) -> None:
         self.id = key_id
         self.fence = fence
@@ -183,7 +239,31 @@ class Claim:
         self.ttl = ttl
         self.atomic = atomic
         self.store = store_module.Store(settings.database)
+        self.request = request
+        self.view = view
+        self.started = time.monotonic()
         self._atomic: transaction.Atomic | None = None
+
+    def _emit(self, signal: Any, event: str, **fields: Any) -> None:
+        _emit(
+            signal,
+            event,
+            sender=self.view,
+            request=self.request,
+            key=self.key,
+            scope=self.scope,
+            **fields,
+        )
+
+    # -- the key the view can read (idempotency.current_key, idempotency.derive) ----
+
+    def activate(self) -> None:
+        """Make this key current for the view: :func:`idempotency.current_key`."""
+        _activate(CurrentKey(self.key, self.scope, self.fingerprint))
+
+    @staticmethod
+    def deactivate() -> None:
+        _activate(None)
 
     # -- the view's transaction -------------------------------------------------------
 
@@ -219,13 +299,16 @@ class Claim:
     def run(self, view: Callable[..., HttpResponseBase], *args: Any, **kwargs: Any) -> Any:
         """Run a sync view under this claim and return the response to send."""
         self.enter_atomic()
+        self.activate()
         try:
             response = view(*args, **kwargs)
         except BaseException as exc:
+            self.deactivate()
             answer = self.abort(exc)
             if answer is None:
                 raise
             return answer
+        self.deactivate()
         return self.finish(response)
 
     # -- endings ----------------------------------------------------------------------
@@ -242,7 +325,7 @@ class Claim:
         try:
             self._close_atomic(commit=False)
         finally:
-            released = self._release()
+            released = self._release("exception")
         if released or not isinstance(exc, OperationalError | InterfaceError):
             return None
         logger.error(
@@ -251,9 +334,10 @@ class Claim:
             self.key,
             exc_info=exc,
         )
+        self._emit(signals.store_unavailable, "store_unavailable", error=exc)
         return _store_unavailable(self.settings)
 
-    def _release(self) -> bool:
+    def _release(self, reason: str) -> bool:
         try:
             self.store.release(self.id, self.fence, now=timezone.now())
         except DatabaseError:
@@ -262,6 +346,7 @@ class Claim:
                 self.key,
             )
             return False
+        self._emit(signals.key_released, "released", reason=reason)
         return True
 
     def finish(self, response: HttpResponseBase) -> HttpResponseBase:
@@ -273,16 +358,16 @@ class Claim:
             logger.warning(
                 "Streaming response for idempotency key %r was not stored; released.", self.key
             )
-            return self._end_unstored(response, commit=True)
+            return self._end_unstored(response, commit=True, reason="streaming")
         if not getattr(response, "is_rendered", True):
             try:
                 response = response.render()  # type: ignore[attr-defined]
-            except BaseException:
-                self.abort()
+            except BaseException as exc:
+                self.abort(exc)
                 raise
         status = response.status_code
         if status in settings.non_storable:
-            return self._end_unstored(response, commit=False)
+            return self._end_unstored(response, commit=False, reason="not_stored")
 
         assert isinstance(response, HttpResponse)
         if self._atomic is not None and transaction.get_rollback(using=settings.database):
@@ -300,40 +385,50 @@ class Claim:
                 headers=storable_headers(response),
                 body=response.content,
             )
-        except DatabaseError:
+        except DatabaseError as exc:
             logger.exception("Could not store the response for idempotency key %r.", self.key)
-            return self._store_failed(response)
+            return self._store_failed(response, exc)
         if not stored:
             return self._fenced_out(response)
         try:
             self._close_atomic(commit=True)
-        except DatabaseError:
+        except DatabaseError as exc:
             logger.exception("Could not commit the response for idempotency key %r.", self.key)
-            return self._store_failed(response)
+            return self._store_failed(response, exc)
+        self._emit(
+            signals.response_stored,
+            "stored",
+            status=status,
+            duration=time.monotonic() - self.started,
+        )
         return response
 
     def discard(self, response: HttpResponseBase) -> HttpResponseBase:
         """Send ``response`` without storing it: undo the view's writes, free the key."""
-        return self._end_unstored(response, commit=False)
+        return self._end_unstored(response, commit=False, reason="rejected")
 
-    def _end_unstored(self, response: HttpResponseBase, *, commit: bool) -> HttpResponseBase:
+    def _end_unstored(
+        self, response: HttpResponseBase, *, commit: bool, reason: str
+    ) -> HttpResponseBase:
         try:
             self._close_atomic(commit=commit)
-        except DatabaseError:
+        except DatabaseError as exc:
             logger.exception("Could not commit the view's writes for key %r.", self.key)
-            self._release()
+            self._release("store_failed")
+            self._emit(signals.store_unavailable, "store_unavailable", error=exc)
             return _store_unavailable(self.settings)
-        self._release()
+        self._release(reason)
         return response
 
-    def _store_failed(self, response: HttpResponseBase) -> HttpResponseBase:
+    def _store_failed(self, response: HttpResponseBase, exc: DatabaseError) -> HttpResponseBase:
         # self.atomic, not "is the block still open": the block is already closed (rolled
         # back) when the view asked for a rollback or lost its connection mid-transaction.
         was_atomic = self.atomic
         self._close_atomic(commit=False)
         if was_atomic:
             # Nothing the view wrote was kept, so the client may safely retry.
-            self._release()
+            self._release("store_failed")
+            self._emit(signals.store_unavailable, "store_unavailable", error=exc)
             return _store_unavailable(self.settings)
         # ATOMIC = False: the view's effects happened and cannot be undone. Send its
         # response; the key frees itself when its lease ends.
@@ -353,7 +448,8 @@ class Claim:
             return response
         try:
             existing = self.store.fetch(scope=self.scope, key=self.key, now=timezone.now())
-        except DatabaseError:
+        except DatabaseError as exc:
+            self._emit(signals.store_unavailable, "store_unavailable", error=exc)
             return _store_unavailable(self.settings)
         if (
             existing is not None
@@ -361,7 +457,9 @@ class Claim:
             and existing.fingerprint == self.fingerprint
             and existing.status is not None
         ):
+            self._emit(signals.response_replayed, "replayed", status=existing.status)
             return replay(existing.status, existing.headers or [], existing.body or b"")
+        self._emit(signals.conflict, "conflict", reason="locked", status=409)
         return _locked(self.settings)
 
 
@@ -387,6 +485,7 @@ def start(
     request: Any,
     http_request: HttpRequest,
     options: Options = DEFAULT_OPTIONS,
+    view: Any = None,
 ) -> Claim | HttpResponse | None:
     """Decide what happens to a request before its view runs.
 
@@ -394,6 +493,7 @@ def start(
     ``http_request`` the Django request beneath it. Returns ``None`` when the
     request is not protected (no key and none required), a response to send
     instead of running the view, or a :class:`Claim` to run the view under.
+    ``view`` is the protected view, sent as the signals' ``sender``.
     """
     settings = idempotency_settings.get()
     required = settings.required if options.required is None else options.required
@@ -437,6 +537,7 @@ def start(
 
     deadline: float | None = None
     pause = _POLL_FIRST
+    scope: str | None = None
     try:
         # The default scope reads request.user, which may query the session store.
         scope_func = options.scope_func or settings.scope_function
@@ -447,32 +548,92 @@ def start(
         if len(scope) > 255:
             scope = "sha256:" + _hash(scope)
         while True:
-            found = _claim_once(store, scope, key, fingerprint, method, path, lease, ttl, settings)
-            if isinstance(found, tuple):
-                key_id, fence = found
+            found = _claim_once(store, scope, key, fingerprint, method, path, lease, ttl)
+            if isinstance(found, _Claimed):
                 return Claim(
-                    key_id=key_id,
-                    fence=fence,
+                    key_id=found.id,
+                    fence=found.fence,
                     scope=scope,
                     key=key,
                     fingerprint=fingerprint,
                     settings=settings,
                     ttl=ttl,
                     atomic=atomic,
+                    request=http_request,
+                    view=view,
                 )
             if found is not None:
-                return found
+                if found.status is None:
+                    response = _mismatch(settings)
+                    _emit(
+                        signals.conflict,
+                        "conflict",
+                        sender=view,
+                        request=http_request,
+                        key=key,
+                        scope=scope,
+                        reason="mismatch",
+                        status=response.status_code,
+                    )
+                    return response
+                _emit(
+                    signals.response_replayed,
+                    "replayed",
+                    sender=view,
+                    request=http_request,
+                    key=key,
+                    scope=scope,
+                    status=found.status,
+                )
+                return replay(found.status, found.headers, found.body)
             # Locked: another request holds a live lease on the same operation.
             if deadline is None:
                 deadline = time.monotonic() + wait
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                _emit(
+                    signals.conflict,
+                    "conflict",
+                    sender=view,
+                    request=http_request,
+                    key=key,
+                    scope=scope,
+                    reason="locked",
+                    status=409,
+                )
                 return _locked(settings)
             time.sleep(min(pause, remaining))
             pause = min(pause * 2, _POLL_MAX)
-    except DatabaseError:
+    except DatabaseError as exc:
         logger.exception("Idempotency store unavailable for key %r.", key)
+        _emit(
+            signals.store_unavailable,
+            "store_unavailable",
+            sender=view,
+            request=http_request,
+            key=key,
+            scope=scope,
+            error=exc,
+        )
         return _store_unavailable(settings)
+
+
+@dataclass(frozen=True, slots=True)
+class _Claimed:
+    id: int
+    fence: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Found:
+    """A completed key to replay, or (``status`` None) a key used for another request."""
+
+    status: int | None
+    headers: list[list[str]]
+    body: bytes
+
+
+_MISMATCH = _Found(None, [], b"")
 
 
 def _claim_once(
@@ -484,9 +645,8 @@ def _claim_once(
     path: str,
     lease: float,
     ttl: float,
-    settings: Resolved,
-) -> tuple[int, int] | HttpResponse | None:
-    """Claim the key: ``(id, fence)``; or the response to answer; or None if locked."""
+) -> _Claimed | _Found | None:
+    """Claim the key; or find what to answer instead; or None if it is locked."""
     for _attempt in range(3):
         now = timezone.now()
         lease_until = now + timedelta(seconds=lease)
@@ -502,21 +662,21 @@ def _claim_once(
             expires_at=expires_at,
         )
         if isinstance(found, int):
-            return found, 1
+            return _Claimed(found, 1)
         if found is None:
             continue  # the row went away between the insert and the read
         same = found.fingerprint == fingerprint
         if found.state == store_module.RUNNING:
             if found.lease_live:
-                return None if same else _mismatch(settings)
+                return None if same else _MISMATCH
             if not (same or found.expired):
-                return _mismatch(settings)
+                return _MISMATCH
         elif found.state == store_module.COMPLETED and not found.expired:
             if not same:
-                return _mismatch(settings)
+                return _MISMATCH
             if found.status is None:
                 return None
-            return replay(found.status, found.headers or [], found.body or b"")
+            return _Found(found.status, found.headers or [], found.body or b"")
         # Released, expired, or abandoned by a worker whose lease ran out.
         if store.take_over(
             found,
@@ -527,5 +687,5 @@ def _claim_once(
             lease_until=lease_until,
             expires_at=expires_at,
         ):
-            return found.id, found.fence + 1
+            return _Claimed(found.id, found.fence + 1)
     return None

@@ -44,6 +44,7 @@ class IdempotencyMiddleware:
         claim: engine.Claim | None = request.__dict__.pop(_CLAIM_ATTR, None)
         if claim is None:
             return response
+        claim.deactivate()
         return claim.finish(response)
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
@@ -52,6 +53,7 @@ class IdempotencyMiddleware:
         claim: engine.Claim | None = request.__dict__.pop(_CLAIM_ATTR, None)
         if claim is None:
             return response
+        claim.deactivate()
         # Same thread as process_view, so the same connection and transaction.
         return await sync_to_async(claim.finish)(response)
 
@@ -78,6 +80,7 @@ class IdempotencyMiddleware:
         claim: engine.Claim | None = request.__dict__.pop(_CLAIM_ATTR, None)
         if claim is None:
             return None
+        claim.deactivate()
         return claim.abort(exception)
 
     def process_view(
@@ -104,9 +107,11 @@ class IdempotencyMiddleware:
             p.search(request.path_info) for p in settings.exempt_paths
         ):
             return None
-        outcome = engine.start(request, request)
+        outcome = engine.start(request, request, view=view_class or view_func)
         if outcome is None or isinstance(outcome, HttpResponseBase):
             return outcome
         outcome.enter_atomic()
         setattr(request, _CLAIM_ATTR, outcome)
+        # Under ASGI this context change reaches the view: asgiref copies it back.
+        outcome.activate()
         return None

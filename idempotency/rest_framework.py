@@ -130,13 +130,16 @@ class IdempotencyMixin:
         handler = getattr(self, (request.method or "").lower(), None)
         if getattr(handler, "idempotency_exempt", False):
             return
-        outcome = engine.start(request, http_request, self.get_idempotency_options())
+        outcome = engine.start(
+            request, http_request, self.get_idempotency_options(), view=type(self)
+        )
         if outcome is None:
             return
         if not isinstance(outcome, engine.Claim):
             raise _Answer(outcome)
         outcome.enter_atomic()
         self._idempotency_claim = outcome
+        outcome.activate()
 
     # Typed Any: DRF's stubs say Response, and a replay is a plain HttpResponse.
     def handle_exception(self, exc: Exception) -> Any:
@@ -148,6 +151,8 @@ class IdempotencyMixin:
             response = super().handle_exception(exc)  # type: ignore[misc]
         except BaseException as error:
             claim, self._idempotency_claim = self._idempotency_claim, None
+            if claim is not None:
+                claim.deactivate()
             answer = claim.abort(error) if claim is not None else None
             if answer is None:
                 raise
@@ -162,6 +167,8 @@ class IdempotencyMixin:
 
     def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
         claim, self._idempotency_claim = self._idempotency_claim, None
+        if claim is not None:
+            claim.deactivate()
         try:
             response = super().finalize_response(request, response, *args, **kwargs)  # type: ignore[misc]
         except BaseException as error:
