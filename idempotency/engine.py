@@ -339,7 +339,7 @@ class Claim:
 
     def _release(self, reason: str) -> bool:
         try:
-            self.store.release(self.id, self.fence, now=timezone.now())
+            self.store.release(self.id, self.fence)
         except DatabaseError:
             logger.exception(
                 "Could not release idempotency key %r; it frees itself when its lease ends.",
@@ -677,6 +677,10 @@ def _claim_once(
             if found.status is None:
                 return None
             return _Found(found.status, found.headers or [], found.body or b"")
+        elif found.state == store_module.RELEASED and not (same or found.expired):
+            # Nothing was stored, so a retry runs again; but the key still names the
+            # request it was first used for, until its TTL.
+            return _MISMATCH
         # Released, expired, or abandoned by a worker whose lease ran out.
         if store.take_over(
             found,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any, ClassVar
 
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
 from django.db import transaction
 from django.http import HttpRequest
@@ -27,6 +28,7 @@ __all__ = ["IdempotencyMixin"]
 #: Raised by object-level permission checks or throttles inside a handler: answers
 #: about who is asking, not about the operation, so they are never stored.
 _ACCESS_ERRORS = (
+    DjangoPermissionDenied,
     exceptions.NotAuthenticated,
     exceptions.AuthenticationFailed,
     exceptions.PermissionDenied,

@@ -157,7 +157,7 @@ def _build_sql(vendor: str, quote: Quote) -> _SQL:
             f"VALUES (%s, %s, {json_param}, %s)"
         )
     release = (
-        f"UPDATE {kt} SET {kstate} = '{RELEASED}', {klease} = NULL, {kexp} = %s "
+        f"UPDATE {kt} SET {kstate} = '{RELEASED}', {klease} = NULL "
         f"WHERE {kid} = %s AND {kfence} = %s AND {kstate} = '{RUNNING}'"
     )
     return _SQL(
@@ -317,8 +317,10 @@ class Store:
             cursor.execute(sql.complete_response, [key_id, status, headers_json, body])
         return True
 
-    def release(self, key_id: int, fence: int, *, now: datetime) -> bool:
+    def release(self, key_id: int, fence: int) -> bool:
+        """Free a running key with nothing stored. It keeps its fingerprint and expiry:
+        a retry takes it over, another request under the key is a mismatch."""
         conn, sql = self._prepare()
         with conn.cursor() as cursor:
-            cursor.execute(sql.release, [conn.ops.adapt_datetimefield_value(now), key_id, fence])
+            cursor.execute(sql.release, [key_id, fence])
             return bool(cursor.rowcount == 1)

@@ -980,6 +980,33 @@ def test_non_storable_status_releases_the_key(send: Send, view: str, status: int
     assert stored(key) is None
 
 
+def test_a_released_key_still_refuses_another_request(send: Send) -> None:
+    key = new_key()
+    url = "/sync/status/500/"
+    assert_fresh(send("POST", url, headers=idem(key)), 500, call=1)
+    assert the_key(key).state == IdempotencyKey.State.RELEASED
+
+    other = send("POST", url, b'{"amount": "99.00"}', headers=idem(key))
+
+    assert_problem(other, 409, "idempotency_key_mismatch")
+    assert len(CALLS) == 1
+    assert the_key(key).fence == 1
+    # The request the key was first used for still runs again.
+    assert_fresh(send("POST", url, headers=idem(key)), 500, call=2)
+
+
+def test_a_released_key_is_free_for_any_request_after_its_ttl(send: Send) -> None:
+    key = new_key()
+    url = "/sync/status/500/"
+    send("POST", url, headers=idem(key))
+    IdempotencyKey.objects.filter(key=key).update(expires_at=timezone.now() - timedelta(seconds=1))
+
+    other = send("POST", url, b'{"amount": "99.00"}', headers=idem(key))
+
+    assert_fresh(other, 500, call=2)
+    assert the_key(key).fence == 2
+
+
 def test_non_storable_statuses_setting(send: Send, settings: Any) -> None:
     settings.IDEMPOTENCY = {"NON_STORABLE_STATUSES": [409]}
     conflict, error = new_key(), new_key()

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import User
 from django.core.cache import cache
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.middleware.csrf import get_token
@@ -204,6 +205,11 @@ class OrderViewSet(IdempotencyMixin, viewsets.ModelViewSet):
     def duplicate(self, request: Request) -> Response:
         order = Order.objects.create(user=request.user, item="dup", quantity=1, amount="1.00")
         return Response({"id": order.pk}, status=201)
+
+    @action(detail=False, methods=["post"])
+    def django_denied(self, request: Request) -> Response:
+        Order.objects.create(user=request.user, item="denied", quantity=1, amount="1.00")
+        raise DjangoPermissionDenied("Not for you.")
 
     @action(detail=False, methods=["post"])
     @idempotency_exempt
@@ -616,6 +622,22 @@ def test_object_permission_denied_in_the_handler_is_not_stored(
     mine = patch(token_client(alice))
     assert mine.status_code == 200
     assert Order.objects.get().quantity == 9
+
+
+def test_djangos_permission_denied_in_the_handler_is_not_stored(
+    middleware: bool, alice: User
+) -> None:
+    as_alice = token_client(alice)
+    first = post(as_alice, "/orders/django_denied/", key="k-1")
+    second = post(as_alice, "/orders/django_denied/", key="k-1")
+
+    assert first.status_code == 403
+    assert second.status_code == 403
+    assert "Idempotent-Replayed" not in second.headers
+    assert IdempotencyResponse.objects.count() == 0
+    assert key_row("k-1").state == IdempotencyKey.State.RELEASED
+    assert key_row("k-1").fence == 2  # the retry ran the handler again
+    assert Order.objects.count() == 0  # each run's write was rolled back
 
 
 def test_csrf_failure_is_never_stored(middleware: bool, alice: User) -> None:
