@@ -32,14 +32,14 @@ class IdempotencyKey(models.Model):
     expires_at = models.DateTimeField(_("expires at"))
 
     class Meta:
-        db_table = "idempotency_key"
+        db_table = "idempotency_idempotencykey"
         verbose_name = _("idempotency key")
         verbose_name_plural = _("idempotency keys")
         constraints = [
-            models.UniqueConstraint(fields=["scope", "key"], name="idempotency_key_scope_key_uniq"),
+            models.UniqueConstraint(fields=["scope", "key"], name="idempotency_scope_key_uniq"),
         ]
         indexes = [
-            models.Index(fields=["expires_at"], name="idempotency_key_expires_idx"),
+            models.Index(fields=["expires_at"], name="idempotency_expires_idx"),
         ]
 
     def __str__(self) -> str:
@@ -62,7 +62,7 @@ class IdempotencyResponse(models.Model):
     body = models.BinaryField(_("body"), blank=True)
 
     class Meta:
-        db_table = "idempotency_response"
+        db_table = "idempotency_idempotencyresponse"
         verbose_name = _("stored response")
         verbose_name_plural = _("stored responses")
 

@@ -79,7 +79,7 @@ class Migration(migrations.Migration):
             options={
                 "verbose_name": "idempotency key",
                 "verbose_name_plural": "idempotency keys",
-                "db_table": "idempotency_key",
+                "db_table": "idempotency_idempotencykey",
             },
         ),
         migrations.CreateModel(
@@ -109,17 +109,17 @@ class Migration(migrations.Migration):
             options={
                 "verbose_name": "stored response",
                 "verbose_name_plural": "stored responses",
-                "db_table": "idempotency_response",
+                "db_table": "idempotency_idempotencyresponse",
             },
         ),
         migrations.AddIndex(
             model_name="idempotencykey",
-            index=models.Index(fields=["expires_at"], name="idempotency_key_expires_idx"),
+            index=models.Index(fields=["expires_at"], name="idempotency_expires_idx"),
         ),
         migrations.AddConstraint(
             model_name="idempotencykey",
             constraint=models.UniqueConstraint(
-                fields=("scope", "key"), name="idempotency_key_scope_key_uniq"
+                fields=("scope", "key"), name="idempotency_scope_key_uniq"
             ),
         ),
     ]

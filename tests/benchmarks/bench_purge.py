@@ -257,7 +257,7 @@ def counts() -> dict[str, int]:
             "count(*) FILTER (WHERE key LIKE 'bench-live-%'), "
             "count(*) FILTER (WHERE key LIKE 'bench-leased-%'), "
             "count(*) FILTER (WHERE key LIKE 'probe-%'), "
-            "(SELECT count(*) FROM idempotency_response) FROM idempotency_key"
+            "(SELECT count(*) FROM idempotency_idempotencyresponse) FROM idempotency_idempotencykey"
         )
         expired, live, leased, probes, responses = cursor.fetchone()
     return {

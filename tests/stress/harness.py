@@ -127,8 +127,8 @@ class Database:
 
     def key_states(self, keys: list[str]) -> Counter[str]:
         rows = self.query(
-            "SELECT k.state, COUNT(*), COUNT(r.key_id) FROM idempotency_key k "
-            "LEFT JOIN idempotency_response r ON r.key_id = k.id "
+            "SELECT k.state, COUNT(*), COUNT(r.key_id) FROM idempotency_idempotencykey k "
+            "LEFT JOIN idempotency_idempotencyresponse r ON r.key_id = k.id "
             "WHERE k.key LIKE %s GROUP BY k.state",
             (_shared_start(keys) + "%",),
         )

@@ -79,7 +79,9 @@ def test_expired_lease_lets_exactly_one_request_commit(
 
     rows = database.count_by("shop_payment", "reference", run)
     fences = dict(
-        database.query("SELECT key, fence FROM idempotency_key WHERE key LIKE %s", (run + "%",))
+        database.query(
+            "SELECT key, fence FROM idempotency_idempotencykey WHERE key LIKE %s", (run + "%",)
+        )
     )
     winners = {"A": 0, "B": 0}
     for key, (a, b) in pairs.items():
