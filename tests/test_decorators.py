@@ -1034,7 +1034,23 @@ def test_shop_webhook_deduplicates_deliveries() -> None:
     ]
     assert WebhookEvent.objects.get(event_id="evt_100").payload == json.loads(delivery)
     assert IdempotencyKey.objects.count() == 2
-    assert key_row("evt_100").scope == "anonymous"
+    assert key_row("evt_100").scope == "webhook:events"
+
+
+@pytest.mark.urls("testproject.urls")
+def test_shop_webhook_event_ids_are_not_shared_with_anonymous_keys() -> None:
+    payment = Client().post(
+        "/payments/",
+        b'{"amount": "1.00", "currency": "EUR"}',
+        content_type=JSON,
+        headers={"Idempotency-Key": "evt_7"},
+    )
+    delivery = post("/webhooks/events/", b'{"id": "evt_7", "type": "invoice.paid"}')
+
+    assert payment.status_code == 201
+    assert delivery.status_code == 200
+    assert json.loads(delivery.content) == {"received": "evt_7"}
+    assert WebhookEvent.objects.filter(event_id="evt_7").count() == 1
 
 
 @pytest.mark.urls("testproject.urls")

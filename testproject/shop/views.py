@@ -209,9 +209,15 @@ def event_id_from_body(request: HttpRequest) -> str | None:
     return None
 
 
+def webhook_scope(request: HttpRequest) -> str:
+    """Deliveries are anonymous: a scope of their own keeps other anonymous requests
+    (an ``Idempotency-Key`` sent to /payments/) from holding an event id."""
+    return "webhook:events"
+
+
 @csrf_exempt
 @require_POST
-@idempotent(required=True, key_func=event_id_from_body)
+@idempotent(required=True, key_func=event_id_from_body, scope_func=webhook_scope)
 def webhook(request: HttpRequest) -> JsonResponse:
     """Store a webhook event once, however often the sender delivers it.
 
