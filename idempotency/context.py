@@ -87,5 +87,9 @@ def derive(name: str) -> str:
     return str(uuid.UUID(bytes=digest[:16], version=5))
 
 
-def _activate(value: CurrentKey | None) -> None:
+def _activate(value: CurrentKey | None) -> CurrentKey | None:
+    """Make ``value`` current and return what was. Set, not reset with a token: under
+    ASGI the middleware activates in one context and deactivates in another."""
+    previous = _current.get()
     _current.set(value)
+    return previous

@@ -86,7 +86,7 @@ def idempotent(
             async def async_view(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
                 if _skip(request):
                     return await func(request, *args, **kwargs)
-                outcome = await sync_to_async(engine.start)(request, request, options, func)
+                outcome = await sync_to_async(engine.start)(request, request, options, async_view)
                 if outcome is None:
                     return await func(request, *args, **kwargs)
                 if not isinstance(outcome, engine.Claim):
@@ -111,7 +111,7 @@ def idempotent(
             def sync_view(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
                 if _skip(request):
                     return func(request, *args, **kwargs)
-                outcome = engine.start(request, request, options, func)
+                outcome = engine.start(request, request, options, sync_view)
                 if outcome is None:
                     return func(request, *args, **kwargs)
                 if not isinstance(outcome, engine.Claim):

@@ -202,6 +202,7 @@ class Claim:
 
     __slots__ = (
         "_atomic",
+        "_outer",
         "atomic",
         "fence",
         "fingerprint",
@@ -243,6 +244,7 @@ class Claim:
         self.view = view
         self.started = time.monotonic()
         self._atomic: transaction.Atomic | None = None
+        self._outer: CurrentKey | None = None
 
     def _emit(self, signal: Any, event: str, **fields: Any) -> None:
         _emit(
@@ -259,11 +261,12 @@ class Claim:
 
     def activate(self) -> None:
         """Make this key current for the view: :func:`idempotency.current_key`."""
-        _activate(CurrentKey(self.key, self.scope, self.fingerprint))
+        self._outer = _activate(CurrentKey(self.key, self.scope, self.fingerprint))
 
-    @staticmethod
-    def deactivate() -> None:
-        _activate(None)
+    def deactivate(self) -> None:
+        """Give back the key that was current before, if any (a request made from
+        inside another protected view)."""
+        _activate(self._outer)
 
     # -- the view's transaction -------------------------------------------------------
 
