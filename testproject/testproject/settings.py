@@ -11,6 +11,7 @@ Read from the environment with django-environ:
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,11 @@ INSTALLED_APPS = [
     "idempotency",
     "shop",
 ]
+
+# drf-spectacular is optional: with it, the OpenAPI schema is served at /api/schema/.
+_spectacular = importlib.util.find_spec("drf_spectacular") is not None
+if _spectacular:
+    INSTALLED_APPS.append("drf_spectacular")
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
@@ -115,7 +121,7 @@ STATIC_URL = "static/"
 # and its default is listed in the settings reference of the documentation.
 IDEMPOTENCY: dict[str, Any] = {}
 
-REST_FRAMEWORK = {
+REST_FRAMEWORK: dict[str, Any] = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
@@ -124,6 +130,12 @@ REST_FRAMEWORK = {
         "rest_framework.permissions.IsAuthenticated",
     ],
 }
+if _spectacular:
+    REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"] = "drf_spectacular.openapi.AutoSchema"
+    SPECTACULAR_SETTINGS = {
+        "TITLE": "django-idempotency test project",
+        "VERSION": "1.0.0",
+    }
 
 LOGGING = {
     "version": 1,

@@ -1,0 +1,399 @@
+"""OpenAPI schemas with drf-spectacular for views that use :class:`IdempotencyMixin`.
+
+Loaded by the app's ``ready()`` when drf-spectacular is installed; importing it
+registers :class:`IdempotencyViewExtension`. Each operation of a view with the
+mixin that the mixin protects (its method is in ``METHODS``, neither the view
+nor the action is exempt) gets:
+
+- the key header (``HEADER``), required where the view requires a key;
+- the problem responses the app can answer (400, ``MISMATCH_STATUS``, 409, 413,
+  503), ``application/problem+json`` with the ``IdempotencyProblem`` schema,
+  and ``Retry-After`` where a problem can carry it;
+- the ``Idempotent-Replayed`` header on the responses the view declares.
+
+Views protected by the middleware have no mixin to look at: add the header
+with :func:`idempotency_key_parameter`, or everything with a schema class that
+has :class:`IdempotencySchemaMixin` in front.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
+
+from drf_spectacular.extensions import OpenApiViewExtension
+from drf_spectacular.plumbing import (
+    ComponentIdentity,
+    ComponentRegistry,
+    ResolvedComponent,
+    build_parameter_type,
+    get_class,
+)
+from drf_spectacular.utils import OpenApiParameter
+from rest_framework import viewsets
+
+from idempotency.conf import Resolved, idempotency_settings
+from idempotency.engine import REPLAYED_HEADER
+from idempotency.problems import CONTENT_TYPE
+
+if TYPE_CHECKING:
+    from drf_spectacular.openapi import AutoSchema
+    from rest_framework.views import APIView
+
+    _SchemaBase = AutoSchema
+else:
+    _SchemaBase = object
+
+__all__ = [
+    "PROBLEM_COMPONENT",
+    "IdempotencySchemaMixin",
+    "IdempotencyViewExtension",
+    "idempotency_key_parameter",
+]
+
+#: Name of the problem details schema in ``components/schemas``.
+PROBLEM_COMPONENT = "IdempotencyProblem"
+
+_KEY_SCHEMA: dict[str, Any] = {"type": "string", "minLength": 1}
+
+_CODE_DESCRIPTIONS = {
+    "idempotency_key_missing": "the request has no key and this operation requires one",
+    "idempotency_key_invalid": (
+        "the key is malformed: empty, too long, not printable ASCII, or more than one"
+    ),
+    "idempotency_key_mismatch": "the key was already used for a different request",
+    "idempotency_key_locked": "a request with this key is still being processed",
+    "idempotency_request_too_large": "the body is too large to be fingerprinted",
+    "idempotency_store_unavailable": (
+        "the idempotency store could not be reached and the request was not processed; "
+        "retrying with the same key is safe"
+    ),
+}
+
+_BEFORE_PARAMETERS = frozenset({"operationId", "description", "summary"})
+
+#: Codes whose responses carry ``Retry-After``.
+_RETRY_CODES = frozenset({"idempotency_key_locked", "idempotency_store_unavailable"})
+
+
+def _key_description(settings: Resolved) -> str:
+    return (
+        "Makes the request safe to retry. A retry with the same key and the same request "
+        f"gets the first response again, with `{REPLAYED_HEADER}: true`, instead of "
+        "running twice. Send a new random value (a UUID) for each new operation. At most "
+        f"{settings.max_key_length} printable ASCII characters."
+    )
+
+
+def idempotency_key_parameter(*, required: bool | None = None) -> OpenApiParameter:
+    """The key header as an ``OpenApiParameter``, for DRF views without the mixin.
+
+    For views the middleware protects (``@api_view`` functions, ``APIView``
+    classes): ``@extend_schema(parameters=[idempotency_key_parameter()])``.
+    ``required`` defaults to the ``REQUIRED`` setting. Reads the settings when
+    called.
+    """
+    settings = idempotency_settings.get()
+    return OpenApiParameter(
+        name=settings.header,
+        type=dict(_KEY_SCHEMA),
+        location=OpenApiParameter.HEADER,
+        required=settings.required if required is None else required,
+        description=_key_description(settings),
+    )
+
+
+def _problem_schema() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": (
+            "An RFC 9457 problem details document answered by django-idempotency, "
+            "with an extra `code` member."
+        ),
+        "properties": {
+            "type": {
+                "type": "string",
+                "format": "uri-reference",
+                "description": "The problem type (the PROBLEM_TYPES setting may change it).",
+            },
+            "title": {"type": "string", "description": "A short summary of the problem type."},
+            "status": {"type": "integer", "description": "The HTTP status code."},
+            "detail": {"type": "string", "description": "What went wrong with this request."},
+            "code": {
+                "type": "string",
+                "description": "Machine-readable error code, one of: "
+                + ", ".join(f"`{code}`" for code in _CODE_DESCRIPTIONS)
+                + ".",
+            },
+        },
+        "required": ["type", "title", "status", "detail", "code"],
+    }
+
+
+def _problem_ref(registry: ComponentRegistry) -> dict[str, str]:
+    component = ResolvedComponent(  # type: ignore[no-untyped-call]
+        name=PROBLEM_COMPONENT,
+        type=ResolvedComponent.SCHEMA,
+        schema=_problem_schema(),
+        object=ComponentIdentity(PROBLEM_COMPONENT),  # type: ignore[no-untyped-call]
+    )
+    registry.register_on_missing(component)
+    return registry[component].ref
+
+
+def _problem_codes(settings: Resolved, required: bool) -> dict[int, list[str]]:
+    """The error codes each status can carry, as the engine answers them."""
+    codes: dict[int, list[str]] = {}
+    if required:
+        codes.setdefault(400, []).append("idempotency_key_missing")
+    codes.setdefault(400, []).append("idempotency_key_invalid")
+    codes.setdefault(settings.mismatch_status, []).append("idempotency_key_mismatch")
+    codes.setdefault(409, []).append("idempotency_key_locked")
+    codes.setdefault(413, []).append("idempotency_request_too_large")
+    codes.setdefault(503, []).append("idempotency_store_unavailable")
+    return dict(sorted(codes.items()))
+
+
+def _problem_response(status: int, codes: list[str], ref: dict[str, str]) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": " ".join(f"`{code}`: {_CODE_DESCRIPTIONS[code]}." for code in codes),
+        "content": {
+            CONTENT_TYPE: {
+                "schema": {
+                    "allOf": [
+                        ref,
+                        {
+                            "type": "object",
+                            "properties": {
+                                "status": {"type": "integer", "enum": [status]},
+                                "code": {"type": "string", "enum": codes},
+                            },
+                        },
+                    ]
+                }
+            }
+        },
+    }
+    if _RETRY_CODES.intersection(codes):
+        response["headers"] = {
+            "Retry-After": {
+                "schema": {"type": "integer", "minimum": 0},
+                "description": (
+                    "Seconds to wait before retrying (the RETRY_AFTER setting), sent with "
+                    + " and ".join(f"`{c}`" for c in codes if c in _RETRY_CODES)
+                    + "."
+                ),
+            }
+        }
+    return response
+
+
+def _replayed_header() -> dict[str, Any]:
+    return {
+        "schema": {"type": "string", "enum": ["true"]},
+        "description": (
+            "`true` when this is the stored response of an earlier request with the same "
+            "key, replayed; absent otherwise."
+        ),
+    }
+
+
+def _has(mapping: dict[str, Any], name: str) -> bool:
+    lowered = name.lower()
+    return any(key.lower() == lowered for key in mapping)
+
+
+def _add_parameter(operation: dict[str, Any], parameter: dict[str, Any]) -> None:
+    if "parameters" in operation:
+        operation["parameters"].append(parameter)
+        return
+    # Where drf-spectacular puts them: before tags, request body, security and responses.
+    items = list(operation.items())
+    position = next(
+        (i for i, (key, _) in enumerate(items) if key not in _BEFORE_PARAMETERS), len(items)
+    )
+    items.insert(position, ("parameters", [parameter]))
+    operation.clear()
+    operation.update(items)
+
+
+def _status_order(item: tuple[str, Any]) -> tuple[int, str]:
+    """Status codes in ascending order, then ``default`` and ranges such as ``2XX``."""
+    status = item[0]
+    return (int(status), "") if status.isdigit() else (1000, status)
+
+
+def _handler(view: Any, method: str) -> Any:
+    """The method that handles ``method``, as ``IdempotencyMixin.initial()`` finds it."""
+    action = getattr(view, "action", None) if isinstance(view, viewsets.ViewSetMixin) else None
+    return getattr(view, action or method.lower(), None)
+
+
+class IdempotencySchemaMixin(_SchemaBase):
+    """Adds what the mixin does to an operation, after the base schema built it.
+
+    :class:`IdempotencyViewExtension` puts it in front of the view's own schema
+    class (``DEFAULT_SCHEMA_CLASS``, a custom ``AutoSchema``, or the classes
+    ``@extend_schema`` makes), so their results are kept and only added to.
+    On a DRF view without the mixin, ``class Schema(IdempotencySchemaMixin,
+    AutoSchema)`` documents what the middleware does, with the settings' defaults.
+    """
+
+    def get_operation(
+        self,
+        path: str,
+        path_regex: str,
+        path_prefix: str,
+        method: str,
+        registry: ComponentRegistry,
+    ) -> dict[str, Any] | None:
+        operation = super().get_operation(path, path_regex, path_prefix, method, registry)
+        if not operation:
+            return operation
+        view: Any = self.view
+        settings = idempotency_settings.get()
+        if method.upper() not in settings.methods or getattr(view, "idempotency_exempt", False):
+            return operation
+        if getattr(_handler(view, method), "idempotency_exempt", False):
+            return operation
+
+        required = getattr(view, "idempotency_required", None)
+        if required is None:
+            required = settings.required
+        get_options = getattr(view, "get_idempotency_options", None)
+        # A key_func (or get_idempotency_key) replaces the header as the key's source.
+        reads_header = get_options is None or get_options().key_func is None
+        if reads_header and not self._idempotency_key_excluded(settings):
+            parameters = operation.get("parameters", [])
+            if not any(
+                p.get("in") == "header" and p.get("name", "").lower() == settings.header.lower()
+                for p in parameters
+            ):
+                _add_parameter(
+                    operation,
+                    build_parameter_type(
+                        name=settings.header,
+                        schema=dict(_KEY_SCHEMA),
+                        location=OpenApiParameter.HEADER,
+                        required=required,
+                        description=_key_description(settings),
+                    ),
+                )
+
+        responses: dict[str, Any] = operation.setdefault("responses", {})
+        for status, response in responses.items():
+            # A $ref response lives in components: not this operation's to change.
+            if "$ref" in response or not status.isdigit():
+                continue
+            if int(status) not in settings.non_storable:
+                headers = response.setdefault("headers", {})
+                if not _has(headers, REPLAYED_HEADER):
+                    headers[REPLAYED_HEADER] = _replayed_header()
+
+        ref = _problem_ref(registry)
+        for status_code, codes in _problem_codes(settings, required).items():
+            ours = _problem_response(status_code, codes, ref)
+            existing = responses.setdefault(str(status_code), ours)
+            if existing is ours or "$ref" in existing:
+                continue
+            existing.setdefault("content", {}).setdefault(
+                CONTENT_TYPE, ours["content"][CONTENT_TYPE]
+            )
+            for name, header in ours.get("headers", {}).items():
+                headers = existing.setdefault("headers", {})
+                if not _has(headers, name):
+                    headers[name] = header
+        operation["responses"] = dict(sorted(responses.items(), key=_status_order))
+        return operation
+
+    def _idempotency_key_excluded(self, settings: Resolved) -> bool:
+        """True when ``@extend_schema`` excluded the key header from this operation."""
+        return any(
+            isinstance(p, OpenApiParameter)
+            and p.exclude
+            and p.location == OpenApiParameter.HEADER
+            and p.name.lower() == settings.header.lower()
+            for p in self.get_override_parameters()
+        )
+
+
+def _with_idempotency(schema_class: type) -> type:
+    if issubclass(schema_class, IdempotencySchemaMixin):
+        return schema_class
+    return type(f"Idempotency{schema_class.__name__}", (IdempotencySchemaMixin, schema_class), {})
+
+
+def _method_with_schema(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A copy of a view method whose ``kwargs["schema"]`` also has the mixin.
+
+    drf-spectacular puts the schema of an action-level ``@extend_schema`` (or
+    ``@action(schema=...)``) on the view in place of the class's, so that one
+    needs the mixin too.
+    """
+    kwargs: dict[str, Any] = getattr(method, "kwargs", {})
+
+    @functools.wraps(method)
+    def copy(*args: Any, **kw: Any) -> Any:
+        return method(*args, **kw)
+
+    copy.kwargs = {  # type: ignore[attr-defined]
+        **kwargs,
+        "schema": _with_idempotency(get_class(kwargs["schema"])),
+    }
+    return copy
+
+
+def _methods_with_schemas(view_class: type) -> dict[str, Callable[..., Any]]:
+    found: dict[str, Callable[..., Any]] = {}
+    seen: set[str] = set()
+    for klass in view_class.__mro__:
+        for name, value in vars(klass).items():
+            if name in seen:
+                continue
+            seen.add(name)
+            kwargs = getattr(value, "kwargs", None)
+            if inspect.isfunction(value) and isinstance(kwargs, dict) and kwargs.get("schema"):
+                found[name] = _method_with_schema(value)
+    return found
+
+
+class IdempotencyViewExtension(OpenApiViewExtension):  # type: ignore[no-untyped-call]
+    """Gives views with :class:`IdempotencyMixin` a schema with :class:`IdempotencySchemaMixin`.
+
+    Another view extension that matches the same view runs first and its view is
+    the one extended. To leave views out, register an extension with a higher
+    ``priority`` whose ``view_replacement()`` returns ``self.target``.
+    """
+
+    target_class = "idempotency.rest_framework.IdempotencyMixin"
+    match_subclasses = True
+    priority = 1
+
+    def view_replacement(self) -> type[APIView]:
+        view_class: type[APIView] = self._other_replacement()
+        schema = view_class.schema
+        if schema is None:
+            return view_class
+        # Warnings drf-spectacular prints point at the view's own source.
+        attrs: dict[str, Any] = {
+            "__module__": view_class.__module__,
+            "__qualname__": view_class.__qualname__,
+            "schema": _with_idempotency(get_class(schema))(),
+            **_methods_with_schemas(view_class),
+        }
+        return cast("type[APIView]", type(view_class.__name__, (view_class,), attrs))
+
+    def _other_replacement(self) -> type[APIView]:
+        """The view of the next view extension that matches, else the view itself."""
+        # Recent drf-spectacular builds view extensions from the URL's callback
+        # (target_callback), older versions from its view class.
+        target = getattr(self, "target_callback", self.target)
+        others = sorted(OpenApiViewExtension._registry, key=lambda e: e.priority, reverse=True)
+        for extension in others:
+            if issubclass(extension, IdempotencyViewExtension):
+                continue
+            if extension._matches(self.target):
+                return extension(target).view_replacement()
+        return cast("type[APIView]", self.target)
