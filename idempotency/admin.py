@@ -409,7 +409,9 @@ class IdempotencyKeyAdmin(_KeyAdminBase):
             return str(
                 _("Live: a request holds this key; a retry waits or gets 409 until it ends.")
             )
-        return str(_("Ended: the next request with this key takes it over."))
+        return str(
+            _("Ended: a retry of the same request takes the key over; another is a mismatch.")
+        )
 
     @admin.display(description=_("headers"))
     def response_headers(self, obj: IdempotencyKey) -> SafeString | None:

@@ -18,7 +18,8 @@ _CLAIM_ATTR = "_idempotency_claim"
 class IdempotencyMiddleware:
     """Protects every unsafe request that carries the key header.
 
-    Place it after ``AuthenticationMiddleware``, so that keys are scoped by user.
+    Place it after ``AuthenticationMiddleware`` and every middleware that may refuse
+    a request, so that the key is claimed only for a request that reaches its view.
     Views with the DRF mixin or the ``@idempotent`` decorator are left to them, and
     ``@idempotency_exempt`` views are left alone.
     """

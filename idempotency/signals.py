@@ -1,7 +1,9 @@
 """Signals sent as keys are stored, replayed, refused and released.
 
-Every signal is sent with ``sender`` set to the protected view (the function, or the
-DRF view class) when the app knows it, else ``None``, and these keyword arguments:
+Every signal is sent with ``sender`` set to the protected view when the app knows
+it, else ``None``: under the middleware, the view as the URLconf holds it (its class,
+for a class-based view); under ``@idempotent``, the function the decorator returned;
+under the DRF mixin, the view class. The keyword arguments are:
 
 ``request``
     The Django ``HttpRequest``.
@@ -22,11 +24,12 @@ and, per signal:
     ``"locked"`` (a request with the key is still running) and ``status``, the
     status of the problem answered (409 or 422).
 :data:`key_released`
-    ``reason``: why the key was freed with no response stored, so that a retry runs
-    the view again: ``"exception"`` (the view raised), ``"not_stored"`` (a status
+    ``reason``: why the key was freed with no response stored, so that a retry of
+    the same request runs the view again (another request under the key is still a
+    mismatch until its ``TTL``): ``"exception"`` (the view raised), ``"not_stored"`` (a status
     in ``NON_STORABLE_STATUSES``), ``"streaming"`` (a streaming response),
-    ``"rejected"`` (DRF refused the caller inside the handler: authentication,
-    permission or throttling), ``"store_failed"`` (the response could not be
+    ``"rejected"`` (the caller was refused inside a DRF handler: authentication,
+    DRF's or Django's ``PermissionDenied``, throttling), ``"store_failed"`` (the response could not be
     stored; with ``ATOMIC`` the view's writes were rolled back and the client got a
     503).
 :data:`store_unavailable`
@@ -60,7 +63,7 @@ response_replayed = Signal()
 #: The key was refused: used for another request, or still running.
 conflict = Signal()
 
-#: The key was freed with no response stored; the next request with it runs the view.
+#: The key was freed with no response stored; a retry of the same request runs the view.
 key_released = Signal()
 
 #: The store could not be reached; the request was answered 503.

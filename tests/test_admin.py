@@ -308,7 +308,7 @@ def test_detail_page_lease_states(admin_client: Client) -> None:
     ended = make_key("ended", state=RUNNING, lease_in=timedelta(seconds=-1), status=None)
     done = make_key("done")
 
-    assertContains(admin_client.get(change_url(ended)), "Ended: the next request")
+    assertContains(admin_client.get(change_url(ended)), "Ended: a retry of the same request")
     assertContains(admin_client.get(change_url(done)), "No lease: the key is not running.")
 
 

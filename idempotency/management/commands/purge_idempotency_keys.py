@@ -32,8 +32,9 @@ DEFAULT_BATCH_SIZE = 1000
 def purgeable(alias: str, now: datetime) -> QuerySet[IdempotencyKey]:
     """Keys that may be deleted at ``now``: expired, and not held by a live lease.
 
-    Released keys expire when they are released, so they are included. A running
-    key whose lease is still live is never included, even past its ``expires_at``.
+    Every state expires: a completed key ``TTL`` after completion, a running or
+    released one ``TTL`` after its claim. A running key whose lease is still live is
+    never included, even past its ``expires_at``.
     """
     queryset: QuerySet[IdempotencyKey] = (
         IdempotencyKey.objects.using(alias)
