@@ -52,11 +52,16 @@ def parse_header(value: str, max_length: int) -> str:
             chars.append(value[i + 1])
             i += 2
         elif char == '"':
-            if value[i + 1 :].strip(" "):
+            rest = value[i + 1 :].strip(" ")
+            if rest.startswith(","):
                 raise InvalidKey(
                     "The header holds more than one value or was sent more than once; "
                     "send exactly one key."
                 )
+            if rest.startswith(";"):
+                raise InvalidKey("The quoted key has parameters; send the key alone.")
+            if rest:
+                raise InvalidKey("The quoted key is followed by other characters.")
             return _check("".join(chars), max_length)
         else:
             chars.append(char)
