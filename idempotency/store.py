@@ -200,7 +200,10 @@ def _execute_binary(conn: BaseDatabaseWrapper, statement: str, params: list[Any]
 
     conn.ensure_connection()
     with conn.wrap_database_errors, psycopg.Cursor(conn.connection) as cursor:
-        cursor.execute(statement, params)
+        # Never a named prepared statement, whatever OPTIONS["prepare_threshold"] says:
+        # behind a pooler in transaction mode (PgBouncer) the next transaction may run
+        # on a server connection where it does not exist, or already does.
+        cursor.execute(statement, params, prepare=False)
         return int(cursor.rowcount)
 
 

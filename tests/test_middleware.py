@@ -1581,6 +1581,32 @@ def test_binary_body_round_trips(send: Send, size: int) -> None:
     assert bytes(stored(key).body) == first.content  # type: ignore[union-attr]
 
 
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="psycopg's prepared statements")
+def test_binary_body_is_never_a_prepared_statement() -> None:
+    # With psycopg's prepare_threshold at 0 every server-bound statement would be
+    # prepared at once: behind PgBouncer in transaction mode, a later transaction
+    # may then meet "prepared statement does not exist" on another server connection.
+    connection.ensure_connection()
+    raw = connection.connection
+    saved = raw.prepare_threshold
+    raw.prepare_threshold = 0
+    try:
+        body = bytes(BINARY_BODY_MIN)
+        response = Send("wsgi")(
+            "POST", "/binary/", body, "application/octet-stream", headers=idem(new_key())
+        )
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT statement FROM pg_prepared_statements")
+            prepared = [row[0] for row in cursor.fetchall()]
+    finally:
+        raw.prepare_threshold = saved
+    assert response.status_code == 201
+    bodies = [bytes(b) for b in IdempotencyResponse.objects.values_list("body", flat=True)]
+    assert bodies == [response.content]
+    assert len(response.content) >= BINARY_BODY_MIN
+    assert [s for s in prepared if "idempotency" in s] == []
+
+
 @pytest.mark.parametrize(
     "body",
     [b'{"item": "\xff\xfe"}', b'{"item": ', b"\x00\x01\x02", b"not json at all"],
