@@ -282,10 +282,16 @@ class Store:
         ts = conn.ops.adapt_datetimefield_value
         params: list[Any] = [fingerprint, method, path, ts(lease_until), ts(now), ts(expires_at)]
         params += [existing.id, existing.fence, ts(now), ts(now)]
-        with conn.cursor() as cursor:
+        if existing.status is None:
+            with conn.cursor() as cursor:
+                cursor.execute(sql.takeover, params)
+                return bool(cursor.rowcount == 1)
+        # The old response goes in the same transaction: a crash between the two must
+        # not leave it attached to the running key, where it would block the new one.
+        with transaction.atomic(using=self.alias, savepoint=False), conn.cursor() as cursor:
             cursor.execute(sql.takeover, params)
             won = bool(cursor.rowcount == 1)
-            if won and existing.status is not None:
+            if won:
                 cursor.execute(sql.drop_response, [existing.id])
         return won
 

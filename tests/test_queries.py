@@ -92,3 +92,21 @@ def test_replay_reads_and_writes_nothing() -> None:
 
 def test_invalid_key_costs_no_query() -> None:
     assert _send(key="a,b", status=400) == []
+
+
+def test_takeover_of_an_expired_response_is_one_transaction() -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from idempotency.models import IdempotencyKey
+
+    key = str(uuid.uuid4())
+    _send(key=key)
+    IdempotencyKey.objects.filter(key=key).update(expires_at=timezone.now() - timedelta(1))
+
+    statements = _send(key=key)
+
+    # The key's UPDATE and the old response's DELETE commit together, or neither does.
+    update = statements.index("UPDATE")
+    assert statements[update - 1 : update + 3] == ["BEGIN", "UPDATE", "DELETE", "COMMIT"]
