@@ -541,6 +541,10 @@ def start(
     deadline: float | None = None
     pause = _POLL_FIRST
     scope: str | None = None
+
+    def emit(signal: Any, event: str, **fields: Any) -> None:
+        _emit(signal, event, sender=view, request=http_request, key=key, scope=scope, **fields)
+
     try:
         # The default scope reads request.user, which may query the session store.
         scope_func = options.scope_func or settings.scope_function
@@ -568,56 +572,24 @@ def start(
             if found is not None:
                 if found.status is None:
                     response = _mismatch(settings)
-                    _emit(
-                        signals.conflict,
-                        "conflict",
-                        sender=view,
-                        request=http_request,
-                        key=key,
-                        scope=scope,
-                        reason="mismatch",
-                        status=response.status_code,
+                    emit(
+                        signals.conflict, "conflict", reason="mismatch", status=response.status_code
                     )
                     return response
-                _emit(
-                    signals.response_replayed,
-                    "replayed",
-                    sender=view,
-                    request=http_request,
-                    key=key,
-                    scope=scope,
-                    status=found.status,
-                )
+                emit(signals.response_replayed, "replayed", status=found.status)
                 return replay(found.status, found.headers, found.body)
             # Locked: another request holds a live lease on the same operation.
             if deadline is None:
                 deadline = time.monotonic() + wait
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                _emit(
-                    signals.conflict,
-                    "conflict",
-                    sender=view,
-                    request=http_request,
-                    key=key,
-                    scope=scope,
-                    reason="locked",
-                    status=409,
-                )
+                emit(signals.conflict, "conflict", reason="locked", status=409)
                 return _locked(settings)
             time.sleep(min(pause, remaining))
             pause = min(pause * 2, _POLL_MAX)
     except DatabaseError as exc:
         logger.exception("Idempotency store unavailable for key %r.", key)
-        _emit(
-            signals.store_unavailable,
-            "store_unavailable",
-            sender=view,
-            request=http_request,
-            key=key,
-            scope=scope,
-            error=exc,
-        )
+        emit(signals.store_unavailable, "store_unavailable", error=exc)
         return _store_unavailable(settings)
 
 

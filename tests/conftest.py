@@ -163,3 +163,17 @@ def middleware(request: pytest.FixtureRequest, settings: Any) -> bool:
         settings.MIDDLEWARE = [m for m in settings.MIDDLEWARE if m != MIDDLEWARE]
         return False
     return True
+
+
+@pytest.fixture
+def alice() -> Any:
+    from django.contrib.auth.models import User
+
+    return User.objects.create_user("alice")
+
+
+@pytest.fixture
+def bob() -> Any:
+    from django.contrib.auth.models import User
+
+    return User.objects.create_user("bob")

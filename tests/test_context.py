@@ -20,7 +20,7 @@ from django.contrib.auth.models import User
 from django.db import connections
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.test import AsyncClient, AsyncRequestFactory, Client, RequestFactory
+from django.test import AsyncClient, Client
 from django.urls import include, path
 from django.utils import timezone
 from rest_framework import viewsets
@@ -32,12 +32,11 @@ from shop.serializers import OrderSerializer
 
 import idempotency
 from idempotency import CurrentKey, NoIdempotencyKey, current_key, derive
-from idempotency.conf import idempotency_settings
 from idempotency.context import _activate
 from idempotency.decorators import idempotency_exempt, idempotent
-from idempotency.fingerprints import default_fingerprint
 from idempotency.models import IdempotencyKey
 from idempotency.rest_framework import IdempotencyMixin
+from tests.clients import Send
 
 pytestmark = [pytest.mark.urls(__name__), pytest.mark.django_db]
 
@@ -209,46 +208,9 @@ TARGETS = {
 # -- harness ----------------------------------------------------------------------------
 
 
-class Send:
-    """``send(method, path, body, headers=...)`` through the WSGI or the ASGI test client."""
-
-    def __init__(self, mode: str) -> None:
-        self.mode = mode
-
-    def client(self, *, raise_request_exception: bool = True) -> Client | AsyncClient:
-        if self.mode == "wsgi":
-            return Client(raise_request_exception=raise_request_exception)
-        return AsyncClient(raise_request_exception=raise_request_exception)
-
-    def __call__(
-        self,
-        method: str,
-        path: str,
-        body: bytes = BODY,
-        *,
-        headers: dict[str, str] | None = None,
-        client: Client | AsyncClient | None = None,
-    ) -> Any:
-        client = client or self.client()
-        if isinstance(client, AsyncClient):
-            asgi_client = client
-
-            async def request() -> Any:
-                return await asgi_client.generic(method, path, body, JSON, headers=headers)
-
-            return async_to_sync(request)()
-        return client.generic(method, path, body, JSON, headers=headers)
-
-    def fingerprint(self, method: str, path: str, body: bytes) -> str:
-        """The fingerprint the app computes for this request."""
-        factory = RequestFactory() if self.mode == "wsgi" else AsyncRequestFactory()
-        request = factory.generic(method, path, body, JSON)
-        return default_fingerprint(request, idempotency_settings.get().fingerprint_meta)
-
-
 @pytest.fixture(params=["wsgi", "asgi"])
 def send(request: pytest.FixtureRequest) -> Send:
-    return Send(request.param)
+    return Send(request.param, BODY)
 
 
 @pytest.fixture(params=list(TARGETS))
@@ -301,16 +263,6 @@ def _running_row(key: str, url: str, fingerprint: str, *, lease: timedelta) -> I
         lease_expires_at=now + lease,
         expires_at=now + timedelta(hours=1),
     )
-
-
-@pytest.fixture
-def alice() -> User:
-    return User.objects.create_user("alice")
-
-
-@pytest.fixture
-def bob() -> User:
-    return User.objects.create_user("bob")
 
 
 def token_headers(user: User, **more: str) -> dict[str, str]:

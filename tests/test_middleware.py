@@ -22,7 +22,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from asgiref.sync import async_to_sync, sync_to_async
+from asgiref.sync import sync_to_async
 from django.contrib.auth.models import Group, User
 from django.core.exceptions import BadRequest, PermissionDenied
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -35,7 +35,6 @@ from django.http import (
     JsonResponse,
     StreamingHttpResponse,
 )
-from django.test import AsyncClient, AsyncRequestFactory, Client, RequestFactory
 from django.test.client import BOUNDARY, MULTIPART_CONTENT, encode_multipart
 from django.urls import path
 from django.utils import timezone
@@ -49,6 +48,7 @@ from idempotency.models import IdempotencyKey, IdempotencyResponse
 from idempotency.rest_framework import IdempotencyMixin
 from idempotency.store import BINARY_BODY_MIN
 from tests.assertions import assert_problem
+from tests.clients import Send
 
 pytestmark = [pytest.mark.urls(__name__), pytest.mark.django_db]
 
@@ -280,49 +280,9 @@ urlpatterns = [
 # ---------------------------------------------------------------------------- harness
 
 
-class Send:
-    """``send(method, path, body, content_type, headers)`` through one of the two handlers."""
-
-    def __init__(self, mode: str) -> None:
-        self.mode = mode
-
-    def client(self, *, raise_request_exception: bool = True) -> Client | AsyncClient:
-        if self.mode == "wsgi":
-            return Client(raise_request_exception=raise_request_exception)
-        return AsyncClient(raise_request_exception=raise_request_exception)
-
-    def __call__(
-        self,
-        method: str,
-        path: str,
-        body: bytes = BODY,
-        content_type: str = JSON,
-        headers: dict[str, str] | None = None,
-        *,
-        client: Client | AsyncClient | None = None,
-        **extra: str,
-    ) -> Any:
-        client = client or self.client()
-        if isinstance(client, AsyncClient):
-            asgi_client = client
-
-            async def request() -> Any:
-                return await asgi_client.generic(
-                    method, path, body, content_type, headers=headers, **extra
-                )
-
-            return async_to_sync(request)()
-        return client.generic(method, path, body, content_type, headers=headers, **extra)
-
-    def request(self, method: str, path: str, body: bytes, content_type: str) -> HttpRequest:
-        """The request as this handler builds it (for fingerprints of rows made by hand)."""
-        factory = RequestFactory() if self.mode == "wsgi" else AsyncRequestFactory()
-        return factory.generic(method, path, body, content_type)
-
-
 @pytest.fixture(params=["wsgi", "asgi"])
 def send(request: pytest.FixtureRequest) -> Send:
-    return Send(request.param)
+    return Send(request.param, BODY)
 
 
 @pytest.fixture(params=["sync", "async"])
@@ -512,7 +472,7 @@ def test_every_default_method_is_protected(send: Send, method: str) -> None:
 
 def test_replay_across_wsgi_and_asgi() -> None:
     # One store shared by every app server, whatever its protocol.
-    wsgi, asgi = Send("wsgi"), Send("asgi")
+    wsgi, asgi = Send("wsgi", BODY), Send("asgi", BODY)
     key = new_key()
     first = wsgi("POST", "/sync/", headers=idem(key))
     assert_replay_of(asgi("POST", "/sync/", headers=idem(key)), first)

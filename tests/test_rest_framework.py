@@ -278,16 +278,6 @@ def _reset() -> Iterator[None]:
     cache.clear()
 
 
-@pytest.fixture
-def alice() -> User:
-    return User.objects.create_user("alice")
-
-
-@pytest.fixture
-def bob() -> User:
-    return User.objects.create_user("bob")
-
-
 def token_client(user: User) -> Client:
     token, _ = Token.objects.get_or_create(user=user)
     return Client(headers={"Authorization": f"Token {token.key}"})

@@ -21,13 +21,11 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from asgiref.sync import async_to_sync
 from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.db import Error, connection, connections
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
-from django.test import AsyncClient, AsyncRequestFactory, Client, RequestFactory
 from django.urls import include, path
 from django.utils import timezone
 from rest_framework import permissions, viewsets
@@ -47,6 +45,7 @@ from idempotency.fingerprints import default_fingerprint
 from idempotency.models import IdempotencyKey, IdempotencyResponse
 from idempotency.rest_framework import IdempotencyMixin
 from tests.assertions import assert_problem
+from tests.clients import Send
 
 pytestmark = [pytest.mark.urls(__name__), pytest.mark.django_db]
 
@@ -163,45 +162,9 @@ TARGETS: dict[str, tuple[str, Callable[..., Any]]] = {
 # -- harness ----------------------------------------------------------------------------
 
 
-class Send:
-    """``send(method, path, body, headers=...)`` through the WSGI or the ASGI test client."""
-
-    def __init__(self, mode: str) -> None:
-        self.mode = mode
-
-    def client(self, *, raise_request_exception: bool = True) -> Client | AsyncClient:
-        if self.mode == "wsgi":
-            return Client(raise_request_exception=raise_request_exception)
-        return AsyncClient(raise_request_exception=raise_request_exception)
-
-    def __call__(
-        self,
-        method: str,
-        path: str,
-        body: bytes = BODY,
-        *,
-        headers: dict[str, str] | None = None,
-        client: Client | AsyncClient | None = None,
-    ) -> Any:
-        client = client or self.client()
-        if isinstance(client, AsyncClient):
-            asgi_client = client
-
-            async def request() -> Any:
-                return await asgi_client.generic(method, path, body, JSON, headers=headers)
-
-            return async_to_sync(request)()
-        return client.generic(method, path, body, JSON, headers=headers)
-
-    def request(self, method: str, path: str, body: bytes) -> HttpRequest:
-        """The request as this handler builds it (for the fingerprint of a row made by hand)."""
-        factory = RequestFactory() if self.mode == "wsgi" else AsyncRequestFactory()
-        return factory.generic(method, path, body, JSON)
-
-
 @pytest.fixture(params=["wsgi", "asgi"])
 def send(request: pytest.FixtureRequest) -> Send:
-    return Send(request.param)
+    return Send(request.param, BODY)
 
 
 @pytest.fixture(params=list(TARGETS))
@@ -358,16 +321,6 @@ def with_unreachable_store(target: Callable[[], Any]) -> Any:
 def token_headers(user: User, **more: str) -> dict[str, str]:
     token, _ = Token.objects.get_or_create(user=user)
     return {"Authorization": f"Token {token.key}", **more}
-
-
-@pytest.fixture
-def alice() -> User:
-    return User.objects.create_user("alice")
-
-
-@pytest.fixture
-def bob() -> User:
-    return User.objects.create_user("bob")
 
 
 ORDER = b'{"item": "book", "quantity": 2, "amount": "12.50"}'
