@@ -129,6 +129,29 @@ def _emit(
     **fields: Any,
 ) -> None:
     """Send ``signal`` and log the event under the ``idempotency`` logger."""
+    try:
+        _log(event, request, key, scope, fields)
+    except Exception:
+        # A failing log filter must not change an answer that is already decided
+        # (and, for a stored response, committed).
+        pass
+    if not signal.receivers:
+        return
+    for receiver, result in signal.send_robust(
+        sender, request=request, key=key, scope=scope, **fields
+    ):
+        if isinstance(result, Exception):
+            logger.error(
+                "A receiver of the idempotency %s signal raised: %r",
+                event,
+                receiver,
+                exc_info=result,
+            )
+
+
+def _log(
+    event: str, request: HttpRequest, key: str, scope: str | None, fields: dict[str, Any]
+) -> None:
     if logger.isEnabledFor(logging.INFO):
         data: dict[str, Any] = {
             "event": event,
@@ -153,18 +176,6 @@ def _emit(
             details,
             extra={"idempotency": data},
         )
-    if not signal.receivers:
-        return
-    for receiver, result in signal.send_robust(
-        sender, request=request, key=key, scope=scope, **fields
-    ):
-        if isinstance(result, Exception):
-            logger.error(
-                "A receiver of the idempotency %s signal raised: %r",
-                event,
-                receiver,
-                exc_info=result,
-            )
 
 
 def _store_unavailable(settings: Resolved) -> HttpResponse:
@@ -257,6 +268,14 @@ class Claim:
             **fields,
         )
 
+    def _emit_on_commit(self, signal: Any, event: str, **fields: Any) -> None:
+        """Emit once the write is durable: at once in autocommit; after the outer
+        transaction under ``ATOMIC_REQUESTS`` or a request nested in an atomic view,
+        and never if that rolls back."""
+        transaction.on_commit(
+            lambda: self._emit(signal, event, **fields), using=self.settings.database
+        )
+
     # -- the key the view can read (idempotency.current_key, idempotency.derive) ----
 
     def activate(self) -> None:
@@ -342,14 +361,17 @@ class Claim:
 
     def _release(self, reason: str) -> bool:
         try:
-            self.store.release(self.id, self.fence)
+            released = self.store.release(self.id, self.fence)
         except DatabaseError:
             logger.exception(
                 "Could not release idempotency key %r; it frees itself when its lease ends.",
                 self.key,
             )
             return False
-        self._emit(signals.key_released, "released", reason=reason)
+        if released:
+            self._emit_on_commit(signals.key_released, "released", reason=reason)
+        # Not released: another request took the key over after this one's lease ran
+        # out. It is that request's key now, and there was nothing to free.
         return True
 
     def finish(self, response: HttpResponseBase) -> HttpResponseBase:
@@ -398,7 +420,7 @@ class Claim:
         except DatabaseError as exc:
             logger.exception("Could not commit the response for idempotency key %r.", self.key)
             return self._store_failed(response, exc)
-        self._emit(
+        self._emit_on_commit(
             signals.response_stored,
             "stored",
             status=status,

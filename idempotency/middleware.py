@@ -15,6 +15,17 @@ from idempotency.conf import idempotency_settings
 _CLAIM_ATTR = "_idempotency_claim"
 
 
+def _exempt_handler(view_func: Any, view_class: type, method: str) -> bool:
+    """A class-based view marked exempt, or the handler this method reaches: the
+    DRF viewset action (``view_func.actions``) or the method's handler."""
+    if getattr(view_class, "idempotency_exempt", False) is True:
+        return True
+    actions = getattr(view_func, "actions", None)
+    name = actions.get(method.lower()) if actions else method.lower()
+    handler = getattr(view_class, name, None) if name else None
+    return bool(getattr(handler, "idempotency_exempt", False))
+
+
 class IdempotencyMiddleware:
     """Protects every unsafe request that carries the key header.
 
@@ -41,7 +52,14 @@ class IdempotencyMiddleware:
         if self.async_mode:
             return self.__acall__(request)
         self._buffer_body(request)
-        response: HttpResponseBase = self.get_response(request)  # type: ignore[assignment]
+        try:
+            response: HttpResponseBase = self.get_response(request)  # type: ignore[assignment]
+        except BaseException as exc:
+            # Past Django's own handling (DEBUG_PROPAGATE_EXCEPTIONS, SystemExit from a
+            # worker timeout, ...): free the key now, and leave nothing current on the
+            # thread, which serves the next request.
+            self._give_up(request, exc)
+            raise
         claim: engine.Claim | None = request.__dict__.pop(_CLAIM_ATTR, None)
         if claim is None:
             return response
@@ -50,13 +68,26 @@ class IdempotencyMiddleware:
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
         self._buffer_body(request)
-        response: HttpResponseBase = await self.get_response(request)  # type: ignore[misc]
+        try:
+            response: HttpResponseBase = await self.get_response(request)  # type: ignore[misc]
+        except BaseException as exc:
+            # A client that went away cancels the task (CancelledError).
+            if _CLAIM_ATTR in request.__dict__:
+                await sync_to_async(self._give_up)(request, exc)
+            raise
         claim: engine.Claim | None = request.__dict__.pop(_CLAIM_ATTR, None)
         if claim is None:
             return response
         claim.deactivate()
         # Same thread as process_view, so the same connection and transaction.
         return await sync_to_async(claim.finish)(response)
+
+    @staticmethod
+    def _give_up(request: HttpRequest, exc: BaseException) -> None:
+        claim: engine.Claim | None = request.__dict__.pop(_CLAIM_ATTR, None)
+        if claim is not None:
+            claim.deactivate()
+            claim.abort(exc)
 
     @staticmethod
     def _buffer_body(request: HttpRequest) -> None:
@@ -102,7 +133,10 @@ class IdempotencyMiddleware:
         ):
             return None
         view_class = getattr(view_func, "cls", None) or getattr(view_func, "view_class", None)
-        if view_class is not None and getattr(view_class, "idempotency_managed", False):
+        if view_class is not None and (
+            getattr(view_class, "idempotency_managed", False)
+            or _exempt_handler(view_func, view_class, request.method or "")
+        ):
             return None
         if settings.exempt_paths and any(
             p.search(request.path_info) for p in settings.exempt_paths

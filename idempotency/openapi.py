@@ -18,6 +18,7 @@ has :class:`IdempotencySchemaMixin` in front.
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 from collections.abc import Callable
@@ -359,6 +360,16 @@ def _methods_with_schemas(view_class: type) -> dict[str, Callable[..., Any]]:
     return found
 
 
+def _retyped(schema: Any, schema_class: type) -> Any:
+    """A copy of the view's schema instance with our class: what its constructor was
+    given (``AutoSchema(tags=[...])``) is kept."""
+    if isinstance(schema, type):
+        return schema_class()
+    copied = copy.copy(schema)
+    copied.__class__ = schema_class
+    return copied
+
+
 class IdempotencyViewExtension(OpenApiViewExtension):  # type: ignore[no-untyped-call]
     """Gives views with :class:`IdempotencyMixin` a schema with :class:`IdempotencySchemaMixin`.
 
@@ -380,7 +391,7 @@ class IdempotencyViewExtension(OpenApiViewExtension):  # type: ignore[no-untyped
         attrs: dict[str, Any] = {
             "__module__": view_class.__module__,
             "__qualname__": view_class.__qualname__,
-            "schema": _with_idempotency(get_class(schema))(),
+            "schema": _retyped(schema, _with_idempotency(get_class(schema))),
             **_methods_with_schemas(view_class),
         }
         return cast("type[APIView]", type(view_class.__name__, (view_class,), attrs))

@@ -112,6 +112,18 @@ class IdempotencyMixin:
 
     # -- DRF's dispatch ---------------------------------------------------------------
 
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().dispatch(request, *args, **kwargs)  # type: ignore[misc]
+        except BaseException as exc:
+            # DRF's dispatch only handles Exception: free the key, and leave nothing
+            # current on the thread, which serves the next request.
+            claim, self._idempotency_claim = self._idempotency_claim, None
+            if claim is not None:
+                claim.deactivate()
+                claim.abort(exc)
+            raise
+
     def initialize_request(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Request:
         settings = idempotency_settings.get()
         if request.method in settings.methods:

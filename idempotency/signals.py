@@ -16,7 +16,8 @@ and, per signal:
 
 :data:`response_stored`
     ``status`` (int) and ``duration`` (seconds from the claim to the commit of the
-    stored response, float). Sent after the commit.
+    stored response, float). Sent once the response is durable: after the commit
+    (after the outer transaction's, under ``ATOMIC_REQUESTS``; never if it rolls back).
 :data:`response_replayed`
     ``status``: the stored status sent again. The view did not run.
 :data:`conflict`

@@ -21,7 +21,7 @@ from idempotency.decorators import idempotent
 
 prometheus_client = pytest.importorskip("prometheus_client")
 
-pytestmark = [pytest.mark.urls(__name__), pytest.mark.django_db]
+pytestmark = [pytest.mark.urls(__name__), pytest.mark.django_db(transaction=True)]
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "signals.rst"
 

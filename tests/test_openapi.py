@@ -264,7 +264,26 @@ router.register("required", RequiredViewSet, basename="required")
 router.register("optional", OptionalViewSet, basename="optional")
 router.register("class-decorated", ClassDecoratedViewSet, basename="class-decorated")
 
+
+class TagSchema(AutoSchema):
+    """A schema class whose instance carries what its constructor was given."""
+
+    def __init__(self, tags: list[str] | None = None) -> None:
+        super().__init__()
+        self.fixed_tags = tags
+
+    def get_tags(self) -> list[str]:
+        return self.fixed_tags or super().get_tags()
+
+
+class TaggedView(IdempotencyMixin, generics.CreateAPIView):
+    queryset = Order.objects.all()
+    serializer_class = OrderSerializer
+    schema = TagSchema(tags=["payments"])
+
+
 urlpatterns = [
+    path("tagged/", TaggedView.as_view()),
     path("", include(router.urls)),
     path("exempt/", ExemptView.as_view()),
     path("declared/", DeclaredView.as_view()),
@@ -699,3 +718,10 @@ def test_not_loaded_without_drf_spectacular() -> None:
 
 def test_not_loaded_without_rest_framework() -> None:
     assert run_setup(["rest_framework", "drf_spectacular"]) == "no openapi"
+
+
+def test_the_views_schema_instance_is_kept() -> None:
+    op = operation(generate(), "/tagged/", "post")
+
+    assert op["tags"] == ["payments"]
+    assert any(p["name"] == "Idempotency-Key" for p in op["parameters"])

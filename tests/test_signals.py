@@ -47,7 +47,7 @@ from idempotency.rest_framework import IdempotencyMixin
 from tests.assertions import assert_problem
 from tests.clients import Send
 
-pytestmark = [pytest.mark.urls(__name__), pytest.mark.django_db]
+pytestmark = [pytest.mark.urls(__name__), pytest.mark.django_db(transaction=True)]
 
 JSON = "application/json"
 BODY = b'{"amount": "12.50"}'
