@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -49,6 +48,12 @@ from idempotency.rest_framework import IdempotencyMixin
 from idempotency.store import BINARY_BODY_MIN
 from tests.assertions import assert_problem
 from tests.clients import Send
+from tests.threads import (
+    in_thread,
+    in_thread_restoring_connection,
+    point_at_nowhere,
+    with_unreachable_store,
+)
 
 pytestmark = [pytest.mark.urls(__name__), pytest.mark.django_db]
 
@@ -203,7 +208,7 @@ def break_own_connection(request: HttpRequest) -> HttpResponse:
     # The store's database goes away after the view wrote, before the response is stored.
     n = _note(request)
     Group.objects.create(name=f"row-{n}")
-    _point_at_nowhere(connection)
+    point_at_nowhere(connection)
     return HttpResponse(f"call {n}", status=201)
 
 
@@ -214,7 +219,7 @@ def lose_database_midway(request: HttpRequest) -> HttpResponse:
     n = _note(request)
     Group.objects.create(name=f"row-{n}")
     if request.headers.get("X-Store") == "gone":
-        _point_at_nowhere(connection)
+        point_at_nowhere(connection)
     raise OperationalError("server closed the connection unexpectedly")
 
 
@@ -344,76 +349,6 @@ def assert_fresh(response: Any, status: int, call: int) -> None:
     assert response.status_code == status
     assert "Idempotent-Replayed" not in response
     assert json.loads(response.content)["call"] == call
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _point_at_nowhere(conn: Any) -> None:
-    """Make ``conn`` (this thread's connection) unreachable: a closed port, a missing dir."""
-    broken = dict(conn.settings_dict)
-    if conn.vendor == "postgresql":
-        broken["HOST"], broken["PORT"] = "127.0.0.1", _closed_port()
-    else:
-        broken["NAME"] = f"/nonexistent-{uuid.uuid4().hex}/store.sqlite3"
-    # Settings first: the SQLite backend ignores close() on an in-memory database.
-    conn.settings_dict = broken
-    conn.close()
-
-
-def in_thread(target: Callable[[], Any]) -> Any:
-    """Run ``target`` in a new thread (its own database connection) and return its result."""
-    result: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            result["value"] = target()
-        except BaseException as exc:
-            result["error"] = exc
-        finally:
-            connections.close_all()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join(WAIT * 2)
-    assert not thread.is_alive()
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
-
-
-def in_thread_restoring_connection(target: Callable[[], Any]) -> Any:
-    """:func:`in_thread`, then put back the settings of that thread's connection.
-
-    The thread's connection is its own (Django keeps one per thread), so whatever
-    ``target`` does to it leaves the test's connection and an in-memory SQLite test
-    database untouched.
-    """
-
-    def run() -> Any:
-        conn = connections["default"]
-        original = conn.settings_dict
-        try:
-            return target()
-        finally:
-            conn.close()
-            conn.settings_dict = original
-            conn.close()
-
-    return in_thread(run)
-
-
-def with_unreachable_store(target: Callable[[], Any]) -> Any:
-    """Run ``target`` in a thread whose connection to the store's database points nowhere."""
-
-    def run() -> Any:
-        _point_at_nowhere(connections["default"])
-        return target()
-
-    return in_thread_restoring_connection(run)
 
 
 SQLITE_ATOMIC_SERIALISES = pytest.mark.skipif(

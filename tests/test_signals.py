@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import socket
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,7 +21,7 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.db import Error, connection, connections
+from django.db import Error, connection
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.urls import include, path
@@ -46,6 +44,7 @@ from idempotency.models import IdempotencyKey, IdempotencyResponse
 from idempotency.rest_framework import IdempotencyMixin
 from tests.assertions import assert_problem
 from tests.clients import Send
+from tests.threads import in_thread, with_unreachable_store
 
 pytestmark = [pytest.mark.urls(__name__), pytest.mark.django_db(transaction=True)]
 
@@ -266,56 +265,6 @@ def _running_row(send: Send, key: str, url: str, *, lease: timedelta) -> Idempot
         lease_expires_at=now + lease,
         expires_at=now + timedelta(hours=1),
     )
-
-
-def in_thread(target: Callable[[], Any]) -> Any:
-    """Run ``target`` in a new thread (its own database connection) and return its result."""
-    result: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            result["value"] = target()
-        except BaseException as exc:
-            result["error"] = exc
-        finally:
-            connections.close_all()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join(WAIT)
-    assert not thread.is_alive()
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def with_unreachable_store(target: Callable[[], Any]) -> Any:
-    """Run ``target`` in a thread whose connection to the store's database points nowhere."""
-
-    def run() -> Any:
-        conn = connections["default"]
-        original = conn.settings_dict
-        broken = dict(original)
-        if conn.vendor == "postgresql":
-            broken["HOST"], broken["PORT"] = "127.0.0.1", _closed_port()
-        else:
-            broken["NAME"] = f"/nonexistent-{uuid.uuid4().hex}/store.sqlite3"
-        conn.settings_dict = broken
-        conn.close()
-        try:
-            return target()
-        finally:
-            conn.close()
-            conn.settings_dict = original
-            conn.close()
-
-    return in_thread(run)
 
 
 def token_headers(user: User, **more: str) -> dict[str, str]:
