@@ -14,6 +14,16 @@ from idempotency.conf import idempotency_settings
 V = TypeVar("V", bound=Callable[..., Any])
 
 
+def exempts(view: Any, handler: str | None) -> bool:
+    """Whether a class-based view (the class or an instance) leaves ``handler`` alone:
+    ``idempotency_exempt = True`` on the view, or ``@idempotency_exempt`` on the method
+    named ``handler`` (``"post"``, or a DRF viewset action such as ``"create"``)."""
+    if getattr(view, "idempotency_exempt", False):
+        return True
+    method = getattr(view, handler, None) if handler else None
+    return bool(getattr(method, "idempotency_exempt", False))
+
+
 def idempotency_exempt(view: V) -> V:
     """Turn protection off for one view (a function view, ``as_view()`` or a DRF action)."""
     if iscoroutinefunction(view):

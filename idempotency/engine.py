@@ -272,6 +272,8 @@ class Claim:
         """Emit once the write is durable: at once in autocommit; after the outer
         transaction under ``ATOMIC_REQUESTS`` or a request nested in an atomic view,
         and never if that rolls back."""
+        if not signal.receivers and not logger.isEnabledFor(logging.INFO):
+            return  # nobody listens: no callback on the hot path
         transaction.on_commit(
             lambda: self._emit(signal, event, **fields), using=self.settings.database
         )

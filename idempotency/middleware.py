@@ -11,19 +11,16 @@ from django.http.response import HttpResponseBase
 
 from idempotency import engine
 from idempotency.conf import idempotency_settings
+from idempotency.decorators import exempts
 
 _CLAIM_ATTR = "_idempotency_claim"
 
 
 def _exempt_handler(view_func: Any, view_class: type, method: str) -> bool:
-    """A class-based view marked exempt, or the handler this method reaches: the
-    DRF viewset action (``view_func.actions``) or the method's handler."""
-    if getattr(view_class, "idempotency_exempt", False) is True:
-        return True
+    """Whether the handler this method reaches is exempt: a DRF viewset's action
+    (``view_func.actions``), else the method's own handler."""
     actions = getattr(view_func, "actions", None)
-    name = actions.get(method.lower()) if actions else method.lower()
-    handler = getattr(view_class, name, None) if name else None
-    return bool(getattr(handler, "idempotency_exempt", False))
+    return exempts(view_class, actions.get(method.lower()) if actions else method.lower())
 
 
 class IdempotencyMiddleware:

@@ -36,6 +36,7 @@ from drf_spectacular.utils import OpenApiParameter
 from rest_framework import viewsets
 
 from idempotency.conf import Resolved, idempotency_settings
+from idempotency.decorators import exempts
 from idempotency.engine import REPLAYED_HEADER
 from idempotency.problems import CONTENT_TYPE
 
@@ -226,10 +227,11 @@ def _status_order(item: tuple[str, Any]) -> tuple[int, str]:
     return (int(status), "") if status.isdigit() else (1000, status)
 
 
-def _handler(view: Any, method: str) -> Any:
-    """The method that handles ``method``, as ``IdempotencyMixin.initial()`` finds it."""
+def _handler_name(view: Any, method: str) -> str:
+    """The name of the method that handles ``method``: a viewset's action, else the
+    method's own handler."""
     action = getattr(view, "action", None) if isinstance(view, viewsets.ViewSetMixin) else None
-    return getattr(view, action or method.lower(), None)
+    return str(action or method.lower())
 
 
 class IdempotencySchemaMixin(_SchemaBase):
@@ -255,9 +257,7 @@ class IdempotencySchemaMixin(_SchemaBase):
             return operation
         view: Any = self.view
         settings = idempotency_settings.get()
-        if method.upper() not in settings.methods or getattr(view, "idempotency_exempt", False):
-            return operation
-        if getattr(_handler(view, method), "idempotency_exempt", False):
+        if method.upper() not in settings.methods or exempts(view, _handler_name(view, method)):
             return operation
 
         required = getattr(view, "idempotency_required", None)
@@ -336,14 +336,14 @@ def _method_with_schema(method: Callable[..., Any]) -> Callable[..., Any]:
     kwargs: dict[str, Any] = getattr(method, "kwargs", {})
 
     @functools.wraps(method)
-    def copy(*args: Any, **kw: Any) -> Any:
+    def wrapper(*args: Any, **kw: Any) -> Any:
         return method(*args, **kw)
 
-    copy.kwargs = {  # type: ignore[attr-defined]
+    wrapper.kwargs = {  # type: ignore[attr-defined]
         **kwargs,
         "schema": _with_idempotency(get_class(kwargs["schema"])),
     }
-    return copy
+    return wrapper
 
 
 def _methods_with_schemas(view_class: type) -> dict[str, Callable[..., Any]]:

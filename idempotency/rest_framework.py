@@ -21,6 +21,7 @@ from rest_framework.request import Request
 
 from idempotency import engine
 from idempotency.conf import idempotency_settings
+from idempotency.decorators import exempts
 
 __all__ = ["IdempotencyMixin"]
 
@@ -137,12 +138,12 @@ class IdempotencyMixin:
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)  # type: ignore[misc]
         http_request: HttpRequest = request._request
-        if self.idempotency_exempt or request.method not in idempotency_settings.get().methods:
+        if request.method not in idempotency_settings.get().methods:
             return
         if getattr(http_request, engine.HANDLED_ATTR, False):
             return
-        handler = getattr(self, (request.method or "").lower(), None)
-        if getattr(handler, "idempotency_exempt", False):
+        # DRF's viewsets bind each action to the method's name on the instance.
+        if exempts(self, (request.method or "").lower()):
             return
         outcome = engine.start(
             request, http_request, self.get_idempotency_options(), view=type(self)
