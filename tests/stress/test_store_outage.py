@@ -137,8 +137,6 @@ def test_store_outage_fails_closed_and_loses_nothing(
     assert tally.unexpected == [], log
     # The outage was real: protected requests were refused while it lasted.
     assert during["503 idempotency_store_unavailable"] > 0, tally.by_phase
-    assert tally.server_errors == unavailable
-    assert row["found"] == OPS
     assert row["duplicates"] == 0
     assert row["losses"] == 0
     assert_all_completed(database, keys)
