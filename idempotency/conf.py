@@ -41,6 +41,8 @@ DEFAULTS: dict[str, Any] = {
     "CONCURRENT_WAIT": 0,
     "ATOMIC": True,
     "SCOPE_FUNCTION": None,
+    "CREDENTIAL_HEADERS": ("Authorization", "X-API-Key"),
+    "CREDENTIAL_COOKIES": None,
     "FINGERPRINT_HEADERS": ("Content-Type",),
     "DATABASE": "default",
     "NON_STORABLE_STATUSES": (408, 425, 429, *range(500, 600)),
@@ -152,6 +154,21 @@ def _callable(name: str, value: Any) -> Callable[[HttpRequest], str] | None:
     return imported  # type: ignore[no-any-return]
 
 
+def _headers(name: str, value: Any) -> tuple[str, ...]:
+    headers = _strings(name, value)
+    for header in headers:
+        if not _TOKEN_RE.match(header):
+            raise _fail(name, "a list or tuple of HTTP header names", value)
+    return headers
+
+
+def _cookies(name: str, value: Any) -> tuple[str, ...]:
+    if value is None:
+        # Read when the settings are resolved, so that override_settings works.
+        return (settings.SESSION_COOKIE_NAME,)
+    return _strings(name, value)
+
+
 def _header(name: str, value: Any) -> str:
     if not isinstance(value, str) or not _TOKEN_RE.match(value):
         raise _fail(name, "an HTTP header name", value)
@@ -230,6 +247,8 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "CONCURRENT_WAIT": _seconds_or_zero,
     "ATOMIC": _bool,
     "SCOPE_FUNCTION": _callable,
+    "CREDENTIAL_HEADERS": _headers,
+    "CREDENTIAL_COOKIES": _cookies,
     "FINGERPRINT_HEADERS": _strings,
     "DATABASE": _database,
     "NON_STORABLE_STATUSES": _statuses,
@@ -298,6 +317,9 @@ class Resolved:
     concurrent_wait: float
     atomic: bool
     scope_function: Callable[[HttpRequest], str] | None
+    credential_headers: tuple[str, ...]
+    credential_meta: tuple[str, ...]
+    credential_cookies: tuple[str, ...]
     fingerprint_headers: tuple[str, ...]
     fingerprint_meta: tuple[str, ...]
     database: str
@@ -322,6 +344,9 @@ class Resolved:
         self.concurrent_wait = values["CONCURRENT_WAIT"]
         self.atomic = values["ATOMIC"]
         self.scope_function = values["SCOPE_FUNCTION"]
+        self.credential_headers = values["CREDENTIAL_HEADERS"]
+        self.credential_meta = tuple(header_to_meta(h) for h in self.credential_headers)
+        self.credential_cookies = values["CREDENTIAL_COOKIES"]
         self.fingerprint_headers = values["FINGERPRINT_HEADERS"]
         self.fingerprint_meta = tuple(header_to_meta(h) for h in self.fingerprint_headers)
         self.database = values["DATABASE"]
@@ -351,7 +376,7 @@ idempotency_settings = IdempotencySettings()
 
 
 def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
-    if setting in (SETTING_NAME, "DATABASES"):
+    if setting in (SETTING_NAME, "DATABASES", "SESSION_COOKIE_NAME"):
         idempotency_settings.reload()
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar, overload
@@ -10,6 +11,8 @@ from django.http import HttpRequest
 
 from idempotency import engine
 from idempotency.conf import idempotency_settings
+
+logger = logging.getLogger("idempotency")
 
 V = TypeVar("V", bound=Callable[..., Any])
 
@@ -55,7 +58,7 @@ def idempotent(
     atomic: bool | None = None,
     lock_timeout: float | timedelta | None = None,
     concurrent_wait: float | timedelta | None = None,
-    key_func: Callable[[Any], str | None] | None = None,
+    key_func: Callable[[Any], str | int | None] | None = None,
     fingerprint_func: Callable[[Any], str] | None = None,
     scope_func: Callable[[Any], str] | None = None,
 ) -> Callable[[V], V]: ...
@@ -67,7 +70,7 @@ def idempotent(
     atomic: bool | None = None,
     lock_timeout: float | timedelta | None = None,
     concurrent_wait: float | timedelta | None = None,
-    key_func: Callable[[Any], str | None] | None = None,
+    key_func: Callable[[Any], str | int | None] | None = None,
     fingerprint_func: Callable[[Any], str] | None = None,
     scope_func: Callable[[Any], str] | None = None,
 ) -> V | Callable[[V], V]:
@@ -94,32 +97,21 @@ def idempotent(
 
             @functools.wraps(func)
             async def async_view(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
-                if _skip(request):
+                if _skip(request, options, async_view):
                     return await func(request, *args, **kwargs)
                 outcome = await sync_to_async(engine.start)(request, request, options, async_view)
                 if outcome is None:
                     return await func(request, *args, **kwargs)
                 if not isinstance(outcome, engine.Claim):
                     return outcome
-                await sync_to_async(outcome.enter_atomic)()
-                outcome.activate()
-                try:
-                    response = await func(request, *args, **kwargs)
-                except BaseException as exc:
-                    outcome.deactivate()
-                    answer = await sync_to_async(outcome.abort)(exc)
-                    if answer is None:
-                        raise
-                    return answer
-                outcome.deactivate()
-                return await sync_to_async(outcome.finish)(response)
+                return await outcome.arun(func, request, *args, **kwargs)
 
             wrapper: Any = async_view
         else:
 
             @functools.wraps(func)
             def sync_view(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
-                if _skip(request):
+                if _skip(request, options, sync_view):
                     return func(request, *args, **kwargs)
                 outcome = engine.start(request, request, options, sync_view)
                 if outcome is None:
@@ -137,7 +129,41 @@ def idempotent(
     return decorate
 
 
-def _skip(request: HttpRequest) -> bool:
-    return request.method not in idempotency_settings.get().methods or getattr(
-        request, engine.HANDLED_ATTR, False
+def _skip(request: HttpRequest, options: engine.Options, view: Any) -> bool:
+    if request.method not in idempotency_settings.get().methods:
+        return True
+    if not getattr(request, engine.HANDLED_ATTR, False):
+        return False
+    if options != engine.DEFAULT_OPTIONS:
+        warn_ignored(view, options, request)
+    return True
+
+
+#: Views already warned about, so that the log says it once per view and process.
+_warned: set[str] = set()
+
+
+def warn_ignored(view: Any, options: engine.Options, request: HttpRequest) -> None:
+    """Say that another adapter (the middleware, seeing a router's view rather than
+    this one) handled the request before this view's own options could apply."""
+    name = engine.view_name(view)
+    if name in _warned:
+        return
+    _warned.add(name)
+    given = ", ".join(
+        field
+        for field in engine.Options.__dataclass_fields__
+        if getattr(options, field) is not None
+    )
+    logger.warning(
+        "%s %s was handled by another idempotency adapter (IdempotencyMiddleware, or an "
+        "outer protected view) before "
+        "the options of %s (%s) could apply; they were not used. For a django-ninja "
+        "operation use idempotency.ninja.idempotent, which the middleware leaves to it; "
+        "otherwise add the path to IDEMPOTENCY['EXEMPT_PATHS'] so that only the view's "
+        "own decorator protects it.",
+        request.method,
+        request.path,
+        name,
+        given,
     )

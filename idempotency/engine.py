@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.db import Error as DatabaseError
 from django.db import InterfaceError, OperationalError, connections, transaction
 from django.http import HttpRequest, HttpResponse
@@ -69,7 +70,7 @@ class Options:
     atomic: bool | None = None
     lock_timeout: float | timedelta | None = None
     concurrent_wait: float | timedelta | None = None
-    key_func: Callable[[Any], str | None] | None = None
+    key_func: Callable[[Any], str | int | None] | None = None
     fingerprint_func: Callable[[Any], str] | None = None
     scope_func: Callable[[Any], str] | None = None
 
@@ -89,15 +90,64 @@ def _hash(value: str) -> str:
     return hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()
 
 
+#: The scope of a request that carries no credentials the app can see.
+ANONYMOUS = "anonymous"
+
+#: Answers about the caller, not about the operation: never stored, by any adapter.
+ACCESS_DENIED = frozenset({401, 403})
+
+
 def default_scope(request: Any, http_request: HttpRequest) -> str:
-    """The authenticated user's pk; else a hash of ``Authorization``; else anonymous."""
+    """The authenticated user's pk; else a hash of the credentials the request carries
+    (``CREDENTIAL_HEADERS``, ``CREDENTIAL_COOKIES``); else anonymous."""
     user = getattr(request, "user", None)
     if user is not None and user.is_authenticated:
         return f"user:{user.pk}"
-    authorization = http_request.META.get("HTTP_AUTHORIZATION")
-    if authorization:
-        return "authorization:" + _hash(authorization)
-    return "anonymous"
+    return credentials_scope(http_request)
+
+
+def credentials_scope(http_request: HttpRequest) -> str:
+    """``authorization:<sha256>`` when ``Authorization`` is the only credential sent;
+    ``credentials:<sha256>`` over every credential header and cookie sent; else
+    ``anonymous``."""
+    settings = idempotency_settings.get()
+    meta = http_request.META
+    sent: list[str] = []
+    for header, name in zip(settings.credential_headers, settings.credential_meta, strict=True):
+        value = meta.get(name)
+        if value:
+            sent.append(f"header:{header.lower()}\x00{value}")
+    if settings.credential_cookies:
+        cookies = http_request.COOKIES
+        for cookie in settings.credential_cookies:
+            value = cookies.get(cookie)
+            if value:
+                sent.append(f"cookie:{cookie}\x00{value}")
+    if not sent:
+        return ANONYMOUS
+    if len(sent) == 1 and sent[0].startswith("header:authorization\x00"):
+        # The form of the Authorization-only scope since the first release.
+        return "authorization:" + _hash(meta["HTTP_AUTHORIZATION"])
+    return "credentials:" + _hash("\n".join(sent))
+
+
+def _principal_appeared(http_request: HttpRequest) -> bool:
+    """Whether the view authenticated the caller itself (django-ninja's ``request.auth``,
+    DRF's user on a view without the mixin, a login)."""
+    if getattr(http_request, "auth", None) is not None:
+        return True
+    user = http_request.__dict__.get("user")
+    return bool(user is not None and getattr(user, "is_authenticated", False))
+
+
+def view_name(view: Any) -> str:
+    """``module.qualname`` of a view function or class, for messages."""
+    if view is None:
+        return "the view"
+    target = view if isinstance(view, type) else getattr(view, "__wrapped__", view)
+    module = getattr(target, "__module__", None)
+    name = getattr(target, "__qualname__", None) or type(target).__qualname__
+    return f"{module}.{name}" if module else str(name)
 
 
 def storable_headers(response: HttpResponseBase) -> list[list[str]]:
@@ -213,7 +263,9 @@ class Claim:
 
     __slots__ = (
         "_atomic",
+        "_ended",
         "_outer",
+        "anonymous",
         "atomic",
         "fence",
         "fingerprint",
@@ -241,6 +293,7 @@ class Claim:
         atomic: bool,
         request: HttpRequest,
         view: Any = None,
+        anonymous: bool = False,
     ) -> None:
         self.id = key_id
         self.fence = fence
@@ -256,6 +309,11 @@ class Claim:
         self.started = time.monotonic()
         self._atomic: transaction.Atomic | None = None
         self._outer: CurrentKey | None = None
+        #: The default scope found no principal: a view that authenticates the caller
+        #: itself must not have its response stored under the shared anonymous scope.
+        self.anonymous = anonymous
+        #: Set once the key is completed or freed: later failures change nothing.
+        self._ended = False
 
     def _emit(self, signal: Any, event: str, **fields: Any) -> None:
         _emit(
@@ -320,9 +378,26 @@ class Claim:
             except DatabaseError:
                 pass
 
-    def run(self, view: Callable[..., HttpResponseBase], *args: Any, **kwargs: Any) -> Any:
+    def begin(self) -> HttpResponse | None:
+        """Open the view's transaction (``ATOMIC``). Returns None, or the 503 to send
+        when the database fails to begin it; the key is freed then."""
+        try:
+            self.enter_atomic()
+        except BaseException as exc:
+            answer = self.abort(exc)
+            if isinstance(exc, DatabaseError):
+                if answer is None:
+                    self._emit(signals.store_unavailable, "store_unavailable", error=exc)
+                    answer = _store_unavailable(self.settings)
+                return answer
+            raise
+        return None
+
+    def run(self, view: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a sync view under this claim and return the response to send."""
-        self.enter_atomic()
+        answer = self.begin()
+        if answer is not None:
+            return answer
         self.activate()
         try:
             response = view(*args, **kwargs)
@@ -335,6 +410,24 @@ class Claim:
         self.deactivate()
         return self.finish(response)
 
+    async def arun(self, view: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run an async view under this claim. The store's calls run in the request's
+        sync thread (``sync_to_async``), so they share one connection and transaction."""
+        answer = await sync_to_async(self.begin)()
+        if answer is not None:
+            return answer
+        self.activate()
+        try:
+            response = await view(*args, **kwargs)
+        except BaseException as exc:
+            self.deactivate()
+            answer = await sync_to_async(self.abort)(exc)
+            if answer is None:
+                raise
+            return answer
+        self.deactivate()
+        return await sync_to_async(self.finish)(response)
+
     # -- endings ----------------------------------------------------------------------
 
     def abort(self, exc: BaseException | None = None) -> HttpResponse | None:
@@ -346,6 +439,11 @@ class Claim:
         either. The view's transaction died with the connection, so, as for a store
         that is down before the view runs, the client may retry with the same key.
         """
+        if self._ended:
+            # Stored or freed already: only make sure no transaction is left open.
+            self._close_atomic(commit=False)
+            return None
+        self._ended = True
         try:
             self._close_atomic(commit=False)
         finally:
@@ -376,9 +474,36 @@ class Claim:
         # out. It is that request's key now, and there was nothing to free.
         return True
 
-    def finish(self, response: HttpResponseBase) -> HttpResponseBase:
-        """Store a storable response with the view's writes, or release the key."""
+    def finish(self, response: Any) -> HttpResponseBase:
+        """Store a storable response with the view's writes, or release the key.
+
+        Whatever fails on the way (a view that returned something other than a
+        response, a template that cannot render, a broken header) rolls the view's
+        writes back and frees the key before the error goes on to Django's handling.
+        """
+        try:
+            return self._finish(response)
+        except BaseException as exc:
+            answer = self.abort(exc)
+            if answer is None:
+                raise
+            return answer
+
+    def _finish(self, response: Any) -> HttpResponseBase:
         settings = self.settings
+        if not isinstance(response, HttpResponseBase):
+            returned = "None" if response is None else f"a {type(response).__name__}"
+            hint = (
+                ""
+                if response is None
+                else " A django-ninja operation returns data, not a response: protect it "
+                "with idempotency.ninja.idempotent."
+            )
+            raise TypeError(
+                f"The view {view_name(self.view)} didn't return an HttpResponse object. "
+                f"It returned {returned} instead, so idempotency key {self.key!r} was "
+                f"released.{hint}"
+            )
         if response.streaming:
             # A stream cannot be stored. The view's writes stand, as they would without
             # the app, and a retry runs the view again.
@@ -387,14 +512,30 @@ class Claim:
             )
             return self._end_unstored(response, commit=True, reason="streaming")
         if not getattr(response, "is_rendered", True):
-            try:
-                response = response.render()  # type: ignore[attr-defined]
-            except BaseException as exc:
-                self.abort(exc)
-                raise
+            response = response.render()  # type: ignore[attr-defined]
         status = response.status_code
+        if status in ACCESS_DENIED:
+            # Who is asking, not what was asked: a 401 or 403 stored under a scope that
+            # did not see the caller's credentials must never reach another caller.
+            return self._end_unstored(response, commit=False, reason="rejected")
         if status in settings.non_storable:
             return self._end_unstored(response, commit=False, reason="not_stored")
+        if self.anonymous and _principal_appeared(self.request):
+            # The view authenticated the caller by a scheme the scope could not see
+            # (a header outside CREDENTIAL_HEADERS): storing this under the anonymous
+            # scope would replay it to every anonymous caller with the key. The writes
+            # stand; a retry runs the view again.
+            logger.warning(
+                "%s %s authenticated its caller inside the view, but the key %r was "
+                "claimed under the anonymous scope, so its response was not stored. Add "
+                "the credential header to IDEMPOTENCY['CREDENTIAL_HEADERS'], or protect "
+                "the view with an adapter that runs after authentication "
+                "(idempotency.ninja.idempotent, the DRF IdempotencyMixin, scope_func).",
+                self.request.method,
+                self.request.path,
+                self.key,
+            )
+            return self._end_unstored(response, commit=True, reason="unscoped")
 
         assert isinstance(response, HttpResponse)
         if self._atomic is not None and transaction.get_rollback(using=settings.database):
@@ -415,6 +556,7 @@ class Claim:
         except DatabaseError as exc:
             logger.exception("Could not store the response for idempotency key %r.", self.key)
             return self._store_failed(response, exc)
+        self._ended = True
         if not stored:
             return self._fenced_out(response)
         try:
@@ -437,6 +579,7 @@ class Claim:
     def _end_unstored(
         self, response: HttpResponseBase, *, commit: bool, reason: str
     ) -> HttpResponseBase:
+        self._ended = True
         try:
             self._close_atomic(commit=commit)
         except DatabaseError as exc:
@@ -450,6 +593,7 @@ class Claim:
     def _store_failed(self, response: HttpResponseBase, exc: DatabaseError) -> HttpResponseBase:
         # self.atomic, not "is the block still open": the block is already closed (rolled
         # back) when the view asked for a rollback or lost its connection mid-transaction.
+        self._ended = True
         was_atomic = self.atomic
         self._close_atomic(commit=False)
         if was_atomic:
@@ -495,17 +639,28 @@ def _read_key(
 ) -> str | None:
     if options.key_func is not None:
         try:
-            value = options.key_func(request)
+            value: Any = options.key_func(request)
         except Exception as exc:
             logger.warning("key_func raised for %s %s", http_request.method, http_request.path)
             raise InvalidKey("The key could not be read from the request.") from exc
         if value is None:
             return None
-        return validate_key(str(value), settings.max_key_length)
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)  # a numeric event id
+        if not isinstance(value, str):
+            raise InvalidKey(
+                f"The key read from the request is {_article(type(value).__name__)}; "
+                "it must be a string or an integer."
+            )
+        return validate_key(value, settings.max_key_length)
     raw = http_request.META.get(settings.header_meta)
     if raw is None:
         return None
     return parse_header(raw, settings.max_key_length)
+
+
+def _article(noun: str) -> str:
+    return ("an " if noun[:1] in "aeiou" else "a ") + noun
 
 
 def start(
@@ -533,12 +688,14 @@ def start(
         if not required:
             return None
         setattr(http_request, HANDLED_ATTR, True)
-        return problem(
-            "idempotency_key_missing",
-            400,
-            f"This request needs an {settings.header} header.",
-            settings,
-        )
+        if options.key_func is not None:
+            detail = (
+                "This request needs an idempotency key, and none was found where this "
+                "endpoint reads it from the request."
+            )
+        else:
+            detail = f"This request needs an {settings.header} header."
+        return problem("idempotency_key_missing", 400, detail, settings)
     setattr(http_request, HANDLED_ATTR, True)
 
     try:
@@ -576,6 +733,7 @@ def start(
             scope = str(scope_func(request))
         else:
             scope = default_scope(request, http_request)
+        anonymous = scope == ANONYMOUS
         if len(scope) > 255:
             scope = "sha256:" + _hash(scope)
         while True:
@@ -592,6 +750,7 @@ def start(
                     atomic=atomic,
                     request=http_request,
                     view=view,
+                    anonymous=anonymous,
                 )
             if found is not None:
                 if found.status is None:

@@ -23,6 +23,25 @@ def _exempt_handler(view_func: Any, view_class: type, method: str) -> bool:
     return exempts(view_class, actions.get(method.lower()) if actions else method.lower())
 
 
+def _routed_view(view_func: Any, request: HttpRequest) -> Any:
+    """The function a router's view dispatches this request to, where it can be told:
+    django-ninja's path views hold their operations, one per method set."""
+    for cell in getattr(view_func, "__closure__", None) or ():
+        try:
+            target = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        find = getattr(target, "_find_operation", None)
+        if find is None or not type(target).__module__.startswith("ninja."):
+            continue
+        try:
+            operation = find(request)
+        except Exception:
+            return None
+        return getattr(operation, "view_func", None)
+    return None
+
+
 class IdempotencyMiddleware:
     """Protects every unsafe request that carries the key header.
 
@@ -135,6 +154,12 @@ class IdempotencyMiddleware:
             or _exempt_handler(view_func, view_class, request.method or "")
         ):
             return None
+        routed = _routed_view(view_func, request)
+        if routed is not None and (
+            getattr(routed, "idempotency_exempt", False)
+            or getattr(routed, "idempotency_managed", False)
+        ):
+            return None
         if settings.exempt_paths and any(
             p.search(request.path_info) for p in settings.exempt_paths
         ):
@@ -142,7 +167,9 @@ class IdempotencyMiddleware:
         outcome = engine.start(request, request, view=view_class or view_func)
         if outcome is None or isinstance(outcome, HttpResponseBase):
             return outcome
-        outcome.enter_atomic()
+        answer = outcome.begin()
+        if answer is not None:
+            return answer
         setattr(request, _CLAIM_ATTR, outcome)
         # Under ASGI this context change reaches the view: asgiref copies it back.
         outcome.activate()

@@ -152,7 +152,9 @@ class IdempotencyMixin:
             return
         if not isinstance(outcome, engine.Claim):
             raise _Answer(outcome)
-        outcome.enter_atomic()
+        answer = outcome.begin()
+        if answer is not None:
+            raise _Answer(answer)
         self._idempotency_claim = outcome
         outcome.activate()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Any
 
@@ -11,6 +12,8 @@ from django.urls import include, path
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 from shop.models import Payment
+
+from idempotency.decorators import idempotent
 
 MAX_DELAY = 10.0  # seconds
 
@@ -58,8 +61,25 @@ async def async_payment(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"id": payment.pk, "reference": payment.reference}, status=201)
 
 
+@csrf_exempt
+@idempotent
+def no_response(request: HttpRequest) -> Any:
+    """A view with a bug: it writes, then returns None instead of a response."""
+    fields = _payment_fields(request)
+    if fields is not None:
+        Payment.objects.create(**fields)
+    return None
+
+
+def worker(request: HttpRequest) -> HttpResponse:
+    """Which worker process answered."""
+    return JsonResponse({"pid": os.getpid()})
+
+
 urlpatterns = [
     path("stress/ping/", ping),
+    path("stress/no-response/", no_response),
+    path("stress/worker/", worker),
     path("stress/slow-payments/", slow_payment),
     path("stress/async-payments/", async_payment),
     path("", include("testproject.urls")),
