@@ -1,0 +1,243 @@
+"""django-ninja glue: :func:`idempotent` for ninja operations, scoped by ``request.auth``.
+
+Put it below the route decorator::
+
+    @api.post("/payments", auth=ApiKey())
+    @idempotent(required=True)
+    def pay(request, payload: PaymentIn): ...
+
+The key is claimed once ninja has authenticated the caller, checked its throttles
+and parsed the input, so the scope is the principal ninja's auth returned
+(``request.auth``), and a request that fails those checks is never claimed. The
+response is stored once ninja has turned the operation's result into a response.
+``IdempotencyMiddleware`` leaves such operations to this decorator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, TypeVar, overload
+
+from asgiref.sync import iscoroutinefunction, sync_to_async
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.core.exceptions import ImproperlyConfigured
+from django.db.models import Model
+from django.http import HttpRequest
+from django.http.response import HttpResponseBase
+from ninja.decorators import decorate_view
+
+from idempotency import engine
+from idempotency.conf import idempotency_settings
+from idempotency.decorators import _skip
+
+__all__ = ["auth_scope", "idempotent"]
+
+V = TypeVar("V", bound=Callable[..., Any])
+
+#: The claim an operation took, from the operation's body to the end of ninja's run.
+_CLAIM_ATTR = "_idempotency_ninja_claim"
+
+
+def auth_scope(request: HttpRequest) -> str:
+    """The scope of the principal ninja's authentication returned (``request.auth``).
+
+    A user is ``user:<pk>``, as under the other adapters; another model instance is
+    ``<app_label.model>:<pk>``; a string or an integer (a token, an API key, a
+    tenant id) is hashed. Without ``request.auth`` (an operation with no auth), the
+    default scope applies: the session's user, else the credentials the request
+    carries, else anonymous.
+    """
+    auth = getattr(request, "auth", None)
+    if auth is None:
+        return engine.default_scope(request, request)
+    if isinstance(auth, AbstractBaseUser):
+        return f"user:{auth.pk}"
+    if isinstance(auth, Model):
+        return f"{auth._meta.label_lower}:{auth.pk}"
+    if isinstance(auth, str | bytes | int) and not isinstance(auth, bool):
+        text = auth.decode("utf-8", "surrogateescape") if isinstance(auth, bytes) else str(auth)
+        return "auth:" + engine._hash(text)
+    raise ImproperlyConfigured(
+        f"request.auth is {type(auth).__name__!r}, which has no stable scope: make the "
+        "operation's auth return a user, a model instance, a string or an integer, or "
+        "pass idempotent(scope_func=...)."
+    )
+
+
+def _finisher(run: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap ninja's ``Operation.run``: store (or free) the key with the final response."""
+    if iscoroutinefunction(run):
+
+        @functools.wraps(run)
+        async def async_run(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+            try:
+                response = await run(request, *args, **kwargs)
+            except BaseException as exc:
+                claim = request.__dict__.pop(_CLAIM_ATTR, None)
+                if claim is None:
+                    raise
+                answer = await sync_to_async(claim.abort)(exc)
+                if answer is None:
+                    raise
+                return answer
+            claim = request.__dict__.pop(_CLAIM_ATTR, None)
+            if claim is None:
+                return response
+            return await sync_to_async(claim.finish)(response)
+
+        return async_run
+
+    @functools.wraps(run)
+    def sync_run(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        try:
+            response = run(request, *args, **kwargs)
+        except BaseException as exc:
+            claim = request.__dict__.pop(_CLAIM_ATTR, None)
+            if claim is None:
+                raise
+            answer = claim.abort(exc)
+            if answer is None:
+                raise
+            return answer
+        claim = request.__dict__.pop(_CLAIM_ATTR, None)
+        if claim is None:
+            return response
+        return claim.finish(response)
+
+    return sync_run
+
+
+@overload
+def idempotent(view: V) -> V: ...
+@overload
+def idempotent(
+    view: None = None,
+    *,
+    required: bool | None = None,
+    ttl: float | timedelta | None = None,
+    atomic: bool | None = None,
+    lock_timeout: float | timedelta | None = None,
+    concurrent_wait: float | timedelta | None = None,
+    key_func: Callable[[Any], str | int | None] | None = None,
+    fingerprint_func: Callable[[Any], str] | None = None,
+    scope_func: Callable[[Any], str] | None = None,
+) -> Callable[[V], V]: ...
+def idempotent(
+    view: V | None = None,
+    *,
+    required: bool | None = None,
+    ttl: float | timedelta | None = None,
+    atomic: bool | None = None,
+    lock_timeout: float | timedelta | None = None,
+    concurrent_wait: float | timedelta | None = None,
+    key_func: Callable[[Any], str | int | None] | None = None,
+    fingerprint_func: Callable[[Any], str] | None = None,
+    scope_func: Callable[[Any], str] | None = None,
+) -> V | Callable[[V], V]:
+    """Protect a django-ninja operation. Place it below ``@api.post(...)``.
+
+    The options are those of :func:`idempotency.decorators.idempotent`; the scope
+    defaults to :func:`auth_scope` (``request.auth``), and ``SCOPE_FUNCTION`` or
+    ``scope_func`` replace it.
+    """
+    options = engine.Options(
+        required=required,
+        ttl=ttl,
+        atomic=atomic,
+        lock_timeout=lock_timeout,
+        concurrent_wait=concurrent_wait,
+        key_func=key_func,
+        fingerprint_func=fingerprint_func,
+        scope_func=scope_func,
+    )
+    claim_options = options if scope_func is not None else _with_auth_scope(options)
+
+    def decorate(func: V) -> V:
+        if hasattr(func, "_ninja_operation"):
+            raise ImproperlyConfigured(
+                f"@idempotent is above the route decorator of {engine.view_name(func)}: "
+                "place it below @api.post(...) (or @router.post), next to the function."
+            )
+
+        def claim(request: HttpRequest, wrapper: Any) -> Any:
+            outcome = engine.start(request, request, claim_options, wrapper)
+            if isinstance(outcome, engine.Claim):
+                answer = outcome.begin()
+                if answer is not None:
+                    return answer
+                request.__dict__[_CLAIM_ATTR] = outcome
+            return outcome
+
+        if iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def async_operation(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+                if _skip(request, options, async_operation):
+                    return await func(request, *args, **kwargs)
+                outcome = await sync_to_async(claim)(request, async_operation)
+                if isinstance(outcome, HttpResponseBase):
+                    return outcome  # a replay or an error: ninja sends it as it is
+                if outcome is None:
+                    return await func(request, *args, **kwargs)
+                outcome.activate()
+                try:
+                    return await func(request, *args, **kwargs)
+                except BaseException as exc:
+                    request.__dict__.pop(_CLAIM_ATTR, None)
+                    await sync_to_async(outcome.abort)(exc)
+                    raise
+                finally:
+                    outcome.deactivate()
+
+            wrapper: Any = async_operation
+        else:
+
+            @functools.wraps(func)
+            def sync_operation(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+                if _skip(request, options, sync_operation):
+                    return func(request, *args, **kwargs)
+                outcome = claim(request, sync_operation)
+                if isinstance(outcome, HttpResponseBase):
+                    return outcome
+                if outcome is None:
+                    return func(request, *args, **kwargs)
+                outcome.activate()
+                try:
+                    return func(request, *args, **kwargs)
+                except BaseException as exc:
+                    # ninja turns the exception into its error response; that is not
+                    # stored, and the view's writes roll back, as under @idempotent.
+                    request.__dict__.pop(_CLAIM_ATTR, None)
+                    outcome.abort(exc)
+                    raise
+                finally:
+                    outcome.deactivate()
+
+            wrapper = sync_operation
+        wrapper.idempotency_managed = True
+        try:
+            # ninja reads the operation's parameters from its signature, and resolves
+            # string annotations (``from __future__ import annotations``) in the
+            # wrapper's module, not the operation's: hand it resolved ones.
+            wrapper.__signature__ = inspect.signature(func, eval_str=True)
+        except Exception:
+            pass  # an annotation only importable under TYPE_CHECKING: ninja decides
+        return decorate_view(_finisher)(wrapper)  # type: ignore[no-any-return]
+
+    if view is not None:
+        return decorate(view)
+    return decorate
+
+
+def _scope(request: HttpRequest) -> str:
+    """``SCOPE_FUNCTION`` when it is set, else :func:`auth_scope`."""
+    custom = idempotency_settings.get().scope_function
+    return str(custom(request)) if custom is not None else auth_scope(request)
+
+
+def _with_auth_scope(options: engine.Options) -> engine.Options:
+    return dataclasses.replace(options, scope_func=_scope)
