@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from collections.abc import Callable
 from datetime import timedelta
@@ -27,6 +28,19 @@ def exempts(view: Any, handler: str | None) -> bool:
     return bool(getattr(method, "idempotency_exempt", False))
 
 
+def keep_signature(wrapper: Any, func: Any) -> None:
+    """Give ``wrapper`` the signature of ``func`` with its annotations resolved.
+
+    Frameworks that read a view's parameters from its signature (django-ninja)
+    would otherwise resolve string annotations (``from __future__ import
+    annotations``) in this module instead of the view's.
+    """
+    try:
+        wrapper.__signature__ = inspect.signature(func, eval_str=True)
+    except Exception:
+        pass  # an annotation importable only under TYPE_CHECKING: leave it to them
+
+
 def idempotency_exempt(view: V) -> V:
     """Turn protection off for one view (a function view, ``as_view()`` or a DRF action)."""
     if iscoroutinefunction(view):
@@ -43,6 +57,7 @@ def idempotency_exempt(view: V) -> V:
             return view(*args, **kwargs)
 
         wrapper = sync_wrapper
+    keep_signature(wrapper, view)
     wrapper.idempotency_exempt = True
     return wrapper  # type: ignore[no-any-return]
 
@@ -121,6 +136,7 @@ def idempotent(
                 return outcome.run(func, request, *args, **kwargs)
 
             wrapper = sync_view
+        keep_signature(wrapper, func)
         wrapper.idempotency_managed = True
         return wrapper  # type: ignore[no-any-return]
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar, overload
@@ -32,7 +31,7 @@ from ninja.decorators import decorate_view
 
 from idempotency import engine
 from idempotency.conf import idempotency_settings
-from idempotency.decorators import _skip
+from idempotency.decorators import _skip, keep_signature
 
 __all__ = ["auth_scope", "idempotent"]
 
@@ -219,13 +218,7 @@ def idempotent(
 
             wrapper = sync_operation
         wrapper.idempotency_managed = True
-        try:
-            # ninja reads the operation's parameters from its signature, and resolves
-            # string annotations (``from __future__ import annotations``) in the
-            # wrapper's module, not the operation's: hand it resolved ones.
-            wrapper.__signature__ = inspect.signature(func, eval_str=True)
-        except Exception:
-            pass  # an annotation only importable under TYPE_CHECKING: ninja decides
+        keep_signature(wrapper, func)
         return decorate_view(_finisher)(wrapper)  # type: ignore[no-any-return]
 
     if view is not None:

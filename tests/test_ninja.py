@@ -22,6 +22,7 @@ from ninja.errors import HttpError
 from ninja.security import APIKeyHeader, HttpBearer
 
 from idempotency import decorators as plain_decorators
+from idempotency.decorators import idempotency_exempt
 from idempotency.models import IdempotencyKey
 from idempotency.ninja import auth_scope, idempotent
 from tests.clients import Send
@@ -117,9 +118,14 @@ def mw_custom(request: HttpRequest, payload: PaymentIn) -> Any:
 # Django's own decorator on a ninja operation: the operation returns data, not a response.
 @api.post("/wrong-decorator/", auth=Bearer(), response={201: dict})
 @plain_decorators.idempotent(scope_func=lambda request: str(request.auth))
-def wrong_decorator(request):  # type: ignore[no-untyped-def]
-    # No annotations: ninja would resolve them in the decorator's module.
-    return _create(request, PaymentIn(amount=1), "wrong")
+def wrong_decorator(request: HttpRequest, payload: PaymentIn) -> Any:
+    return _create(request, payload, "wrong")
+
+
+@api.post("/exempt/", auth=Bearer(), response={201: dict})
+@idempotency_exempt
+def exempt(request: HttpRequest, payload: PaymentIn) -> Any:
+    return _create(request, payload, "exempt")
 
 
 urlpatterns = [path("ninja/", api.urls)]
@@ -339,3 +345,14 @@ def test_django_decorator_on_a_ninja_operation_is_a_clear_error(send: Send) -> N
     assert IdempotencyKey.objects.get(key=key).scope == "alice"
     assert IdempotencyKey.objects.get(key=key).state == IdempotencyKey.State.RELEASED
     assert Group.objects.count() == 0
+
+
+def test_exempt_operation_is_left_alone_by_the_middleware(send: Send) -> None:
+    key = str(uuid.uuid4())
+    first = send("POST", "/ninja/exempt/", headers=keyed(key, bearer_of("alice")))
+    second = send("POST", "/ninja/exempt/", headers=keyed(key, bearer_of("alice")))
+
+    assert first.status_code == second.status_code == 201
+    assert "Idempotent-Replayed" not in second
+    assert RUNS == ["exempt", "exempt"]
+    assert not IdempotencyKey.objects.filter(key=key).exists()
