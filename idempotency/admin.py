@@ -47,6 +47,9 @@ JSON_PARSE_MAX_BYTES = 1024 * 1024
 HEX_PREVIEW_BYTES = 256
 #: Scopes longer than this are cut in the changelist (the full scope is in the title).
 SCOPE_DISPLAY_CHARS = 28
+#: Keys longer than this are cut in the changelist (the full key is in the title); a
+#: UUID, the usual key, is shown whole.
+KEY_DISPLAY_CHARS = 36
 
 USER_SCOPE_PREFIX = "user:"
 #: Set on each key of a changelist page: the user its ``user:<pk>`` scope names, or None.
@@ -155,6 +158,17 @@ class ExpiredFilter(_KeyFilter):
         return None
 
 
+def _shorten(value: str, limit: int) -> str:
+    """``value`` cut after ``limit`` characters, with an ellipsis and the whole in a title."""
+    if len(value) <= limit:
+        return value
+    head = value[:limit]
+    # The stylesheet lets long values wrap anywhere; the ellipsis stays with the text.
+    return format_html(
+        '<span title="{}">{}<span class="nowrap">{}…</span></span>', value, head[:-1], head[-1]
+    )
+
+
 def _content_type(headers: list[tuple[str, str]]) -> tuple[str, str]:
     """The response's media type (lower case) and charset ('' when not given)."""
     for name, value in headers:
@@ -251,7 +265,7 @@ def body_context(body: bytes, headers: list[tuple[str, str]]) -> dict[str, Any]:
 @admin.register(IdempotencyKey)
 class IdempotencyKeyAdmin(_KeyAdminBase):
     list_display = [
-        "key",
+        "key_display",
         "scope_display",
         "method",
         "path",
@@ -260,7 +274,7 @@ class IdempotencyKeyAdmin(_KeyAdminBase):
         "created_at",
         "expires_at",
     ]
-    list_display_links = ["key"]
+    list_display_links = ["key_display"]
     list_filter = ["state", MethodFilter, StatusClassFilter, ExpiredFilter]
     search_fields = ["key", "path"]
     date_hierarchy = "created_at"
@@ -299,6 +313,10 @@ class IdempotencyKeyAdmin(_KeyAdminBase):
         "response_headers",
         "response_body",
     ]
+
+    class Media:
+        # Lets long keys and scopes wrap in the changelist.
+        css = {"all": ["idempotency/admin.css"]}
 
     # -- permissions ------------------------------------------------------------------
 
@@ -380,6 +398,12 @@ class IdempotencyKeyAdmin(_KeyAdminBase):
 
     # -- columns and fields -----------------------------------------------------------
 
+    @admin.display(description=_("key"), ordering="key")
+    def key_display(self, obj: IdempotencyKey) -> str:
+        # A key may be 255 characters without a space: whole, it would push the other
+        # columns off the screen.
+        return _shorten(obj.key, KEY_DISPLAY_CHARS)
+
     @admin.display(description=_("scope"), ordering="scope")
     def scope_display(self, obj: IdempotencyKey) -> str:
         if not hasattr(obj, _SCOPE_USER_ATTR):
@@ -387,10 +411,7 @@ class IdempotencyKeyAdmin(_KeyAdminBase):
         user = getattr(obj, _SCOPE_USER_ATTR)
         if user is not None:
             return format_html('<span title="{}">{}</span>', obj.scope, user)
-        scope = obj.scope
-        if len(scope) > SCOPE_DISPLAY_CHARS:
-            return format_html('<span title="{}">{}…</span>', scope, scope[:SCOPE_DISPLAY_CHARS])
-        return scope
+        return _shorten(obj.scope, SCOPE_DISPLAY_CHARS)
 
     @admin.display(description=_("response status"), ordering="_response_status")
     def response_status(self, obj: IdempotencyKey) -> int | None:

@@ -19,7 +19,7 @@ from django.utils import timezone
 from pytest_django.asserts import assertContains, assertNotContains
 from shop.models import Payment
 
-from idempotency.admin import BODY_PREVIEW_BYTES, body_context
+from idempotency.admin import BODY_PREVIEW_BYTES, KEY_DISPLAY_CHARS, body_context
 from idempotency.models import IdempotencyKey, IdempotencyResponse
 
 pytestmark = pytest.mark.django_db
@@ -120,7 +120,7 @@ def test_changelist_shows_every_column(admin_client: Client, django_user_model: 
 
     assert response.status_code == 200
     columns = {
-        "key": "Key",
+        "key_display": "Key",
         "scope_display": "Scope",
         "method": "Method",
         "path": "Path",
@@ -138,8 +138,8 @@ def test_changelist_shows_every_column(admin_client: Client, django_user_model: 
     )
     assertContains(
         response,
-        f'<td class="field-scope_display"><span title="{long_scope}">{long_scope[:28]}…</span>'
-        "</td>",
+        f'<td class="field-scope_display"><span title="{long_scope}">{long_scope[:27]}'
+        f'<span class="nowrap">{long_scope[27]}…</span></span></td>',
     )
     assertContains(response, '<td class="field-scope_display">anonymous</td>')
     assertContains(response, '<td class="field-method">PATCH</td>')
@@ -153,6 +153,42 @@ def test_changelist_shows_every_column(admin_client: Client, django_user_model: 
         "k-token",
         "k-user",
     ]
+
+
+def test_a_long_key_is_cut_in_the_changelist_and_still_links_and_searches(
+    admin_client: Client,
+) -> None:
+    # The longest key a client may send (MAX_KEY_LENGTH), with no space to wrap at.
+    long_key = "k" + "0123456789abcdef" * 15 + "z" * 14
+    assert len(long_key) == 255
+    long_row = make_key(long_key)
+    uuid_key = "5b0e4c1e-8f3a-4d2b-9a61-0c7f2e9d4a10"
+    uuid_row = make_key(uuid_key)
+
+    response = admin_client.get(CHANGELIST)
+
+    head, last = long_key[: KEY_DISPLAY_CHARS - 1], long_key[KEY_DISPLAY_CHARS - 1]
+    assertContains(
+        response,
+        f'<th class="field-key_display"><a href="{change_url(long_row)}">'
+        f'<span title="{long_key}">{head}<span class="nowrap">{last}…</span></span></a></th>',
+        html=True,
+    )
+    # Keys and scopes, which have no spaces, may wrap rather than widen the table.
+    assertContains(response, "/static/idempotency/admin.css")
+    assertNotContains(response, f">{long_key}<")
+    # A UUID, the usual key, fits: shown whole, without a title.
+    assertContains(
+        response,
+        f'<th class="field-key_display"><a href="{change_url(uuid_row)}">{uuid_key}</a></th>',
+        html=True,
+    )
+    # The search looks at the whole key, the part cut off too.
+    assert listed(admin_client, q=long_key) == {long_key}
+    assert listed(admin_client, q=long_key[-20:]) == {long_key}
+    assert listed(admin_client, q="9a61-0c7f") == {uuid_key}
+    # The detail page shows the key whole.
+    assertContains(admin_client.get(change_url(long_row)), long_key)
 
 
 def test_scope_of_a_deleted_user_or_a_custom_scope_is_shown_as_is(

@@ -25,6 +25,7 @@ import pytest
 from django.utils import timezone
 from shop.models import Payment
 
+from idempotency.admin import KEY_DISPLAY_CHARS
 from idempotency.models import IdempotencyKey, IdempotencyResponse
 
 CHROMIUM = "/usr/bin/chromium"
@@ -57,6 +58,11 @@ pytestmark = [
 
 PASSWORD = "browser-test-password"
 PAYMENT = {"amount": "12.50", "currency": "EUR", "reference": "invoice 1001"}
+# The longest key a client may send (MAX_KEY_LENGTH), with nowhere to wrap.
+LONG_KEY = "batch-" + "5f0c9e2a7b" * 24 + "d1e2f3a4b"
+assert len(LONG_KEY) == 255
+# The narrowest viewport the changelist must fit without scrolling sideways.
+NARROW_WIDTH = 1400
 
 
 @pytest.fixture(autouse=True)
@@ -91,6 +97,7 @@ def seed_other_keys(admin: Any) -> None:
         ),
         ("order-77aa", f"user:{admin.pk}", "PATCH", "/api/orders/9/", "completed", 0, 200),
         ("sub-2b91", "anonymous", "DELETE", "/api/orders/3/", "completed", 0, 204),
+        (LONG_KEY, "anonymous", "POST", "/api/orders/", "released", 0, None),
     ]
     for key, scope, method, path, state, lease, status in rows:
         row = IdempotencyKey.objects.create(
@@ -113,7 +120,7 @@ def seed_other_keys(admin: Any) -> None:
             )
 
 
-def test_admin_in_a_browser(live_server: Any, django_user_model: Any) -> None:
+def test_admin_in_a_browser(live_server: Any, django_user_model: Any, tmp_path: Path) -> None:
     admin = django_user_model.objects.create_superuser("admin", "admin@example.com", PASSWORD)
     seed_other_keys(admin)
     base = live_server.url
@@ -133,7 +140,7 @@ def test_admin_in_a_browser(live_server: Any, django_user_model: Any) -> None:
             )
             context.set_default_timeout(STEP_TIMEOUT)
             context.set_default_navigation_timeout(NAVIGATION_TIMEOUT)
-            results = drive_the_admin(context, base)
+            results = drive_the_admin(context, base, tmp_path)
         finally:
             browser.close()
 
@@ -156,10 +163,39 @@ def pay(context: Any, base: str, key: str, body: dict[str, Any]) -> Any:
 
 
 def result_keys(page: Any) -> list[str]:
-    return page.locator("#result_list tbody th.field-key a").all_inner_texts()
+    """The full keys of the changelist's rows (a long key is cut, and whole in its title)."""
+    links = page.locator("#result_list tbody th.field-key_display a")
+    return [
+        link.locator("span[title]").get_attribute("title")
+        if link.locator("span[title]").count()
+        else link.inner_text()
+        for link in links.all()
+    ]
 
 
-def drive_the_admin(context: Any, base: str) -> dict[str, Any]:
+def horizontal_overflow(page: Any) -> dict[str, float]:
+    """How far, in CSS pixels, the changelist reaches past what is in sight (> 0: too far).
+
+    The results table scrolls inside its own box, which the filters sit beside: a table
+    too wide for it leaves the page as wide as the window and hides its last columns.
+    """
+    overflow: dict[str, float] = page.evaluate(
+        """() => {
+            const table = document.querySelector("#result_list");
+            const box = table.parentElement;
+            const lastHeader = table.querySelector("thead th:last-child");
+            return {
+                page: document.documentElement.scrollWidth - window.innerWidth,
+                tableInItsBox: box.scrollWidth - box.clientWidth,
+                lastColumn: lastHeader.getBoundingClientRect().right
+                    - box.getBoundingClientRect().right,
+            };
+        }"""
+    )
+    return overflow
+
+
+def drive_the_admin(context: Any, base: str, tmp_path: Path) -> dict[str, Any]:
     expect = sync_api.expect
     page = context.new_page()
 
@@ -186,6 +222,7 @@ def drive_the_admin(context: Any, base: str) -> dict[str, Any]:
     page.get_by_role("link", name="Idempotency keys").first.click()
     expect(page.locator("#result_list")).to_be_visible()
     assert sorted(result_keys(page)) == [
+        LONG_KEY,
         "order-77aa",
         "order-7f3a",
         "pay-1001",
@@ -197,6 +234,18 @@ def drive_the_admin(context: Any, base: str) -> dict[str, Any]:
     expect(row.locator("td.field-scope_display")).to_have_text("admin")
     expect(row.locator("td.field-response_status")).to_have_text("201")
     save_screenshot(page, "admin-changelist.png")
+
+    # The longest key is cut (whole in its title), and the list still fits a narrower
+    # screen: every column in sight, no scrolling sideways.
+    long_link = page.locator("#result_list th.field-key_display a", has_text=LONG_KEY[:20])
+    expect(long_link).to_have_text(LONG_KEY[:KEY_DISPLAY_CHARS] + "…")
+    expect(long_link.locator("span[title]")).to_have_attribute("title", LONG_KEY)
+    page.set_viewport_size({"width": NARROW_WIDTH, "height": 900})
+    page.screenshot(path=str(tmp_path / "admin-changelist-narrow.png"), animations="disabled")
+    expect(page.locator("#result_list thead th").last).to_be_in_viewport()
+    overflow = horizontal_overflow(page)
+    assert all(pixels <= 0 for pixels in overflow.values()), overflow
+    page.set_viewport_size({"width": 1600, "height": 900})
 
     # Filter by state.
     filters = page.locator("#changelist-filter")
