@@ -7,6 +7,7 @@ All checks carry the ``idempotency`` tag: ``manage.py check --tag idempotency``.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,6 +33,12 @@ SETTING_IDS = {
     "import": "idempotency.E005",
     "database": "idempotency.E006",
 }
+
+#: A setting name at least this close to ``IDEMPOTENCY`` (difflib's ratio) looks like a
+#: misspelling of it. Django's own setting names all score 0.5 or less.
+NEAR_MISS_CUTOFF = 0.8
+#: Names that start like the setting but are not it: ``IDEMPOTENCY_SETTINGS``, ``IDEMPOTENT``.
+NEAR_MISS_PREFIX = "IDEMPOTEN"
 
 AppConfigs = Sequence[AppConfig] | None
 
@@ -120,6 +127,39 @@ def check_settings(app_configs: AppConfigs = None, **kwargs: Any) -> list[CheckM
     """Every problem with the ``IDEMPOTENCY`` dict: unknown keys, wrong types and values."""
     _values, problems = validate(user_setting())
     return [_setting_message(problem) for problem in problems]
+
+
+def _near_misses() -> list[str]:
+    """The project's setting names that look like a misspelt ``IDEMPOTENCY``."""
+    # dir() lists what settings.py defined, and what override_settings() and
+    # settings.configure() set (both keep them in a UserSettingsHolder).
+    names = {name for name in dir(settings) if name.isupper() and name != SETTING_NAME}
+    if not names:
+        return []
+    close = difflib.get_close_matches(SETTING_NAME, names, n=len(names), cutoff=NEAR_MISS_CUTOFF)
+    return sorted({*close, *(name for name in names if name.startswith(NEAR_MISS_PREFIX))})
+
+
+@register(TAG)
+def check_setting_name(app_configs: AppConfigs = None, **kwargs: Any) -> list[CheckMessage]:
+    """A setting whose name looks like a misspelt ``IDEMPOTENCY``, which is ignored."""
+    has_setting = hasattr(settings, SETTING_NAME)
+    messages: list[CheckMessage] = []
+    for name in _near_misses():
+        if has_setting:
+            fix = f"Move what it holds into {SETTING_NAME} and remove {name}"
+        else:
+            fix = f"Rename it to {SETTING_NAME}"
+        messages.append(
+            Warning(
+                f"The setting {name} looks like a misspelling of {SETTING_NAME}: "
+                f"django-idempotency reads only {SETTING_NAME}, so {name} is ignored.",
+                hint=f"{fix}. If {name} belongs to something else, add "
+                "'idempotency.W006' to SILENCED_SYSTEM_CHECKS.",
+                id="idempotency.W006",
+            )
+        )
+    return messages
 
 
 @register(TAG)

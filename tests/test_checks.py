@@ -386,6 +386,115 @@ def test_check_command_fails_on_e005_and_e006() -> None:
     assert "?: (idempotency.E006)" in report
 
 
+# ---------------------------------------------------------------- the setting's name
+
+MISSPELLINGS = [
+    "IDEMPOTANCY",
+    "IDEMPOTENCE",
+    "IDEMPOTENT",
+    "IDEMPOTENCY_SETTINGS",
+    "IDEMPOTENCY_CONFIG",
+    "IDEMPOTECNY",
+    "IDEMPOTNCY",
+    "DEMPOTENCY",
+]
+
+
+@pytest.mark.parametrize("name", MISSPELLINGS)
+def test_a_misspelt_setting_name_is_w006(settings: Any, name: str) -> None:
+    del settings.IDEMPOTENCY
+    setattr(settings, name, {"REQUIRED": True})
+
+    messages = checks.check_setting_name()
+
+    assert ids(messages) == [("idempotency.W006", WARNING)]
+    assert messages[0].msg == (
+        f"The setting {name} looks like a misspelling of IDEMPOTENCY: "
+        f"django-idempotency reads only IDEMPOTENCY, so {name} is ignored."
+    )
+    assert messages[0].hint == (
+        f"Rename it to IDEMPOTENCY. If {name} belongs to something else, add "
+        "'idempotency.W006' to SILENCED_SYSTEM_CHECKS."
+    )
+
+
+def test_a_misspelt_setting_next_to_the_right_one_is_w006_with_another_hint() -> None:
+    with override_settings(IDEMPOTENCY={"TTL": 60}, IDEMPOTENCE={"REQUIRED": True}):
+        messages = checks.check_setting_name()
+    assert ids(messages) == [("idempotency.W006", WARNING)]
+    assert messages[0].hint is not None
+    assert messages[0].hint.startswith(
+        "Move what it holds into IDEMPOTENCY and remove IDEMPOTENCE. "
+    )
+
+
+def test_every_misspelt_name_gets_its_own_warning() -> None:
+    with override_settings(IDEMPOTANCY={}, IDEMPOTENCY_SETTINGS={}):
+        messages = checks.check_setting_name()
+    assert ids(messages) == [("idempotency.W006", WARNING)] * 2
+    assert [m.msg.split()[2] for m in messages] == ["IDEMPOTANCY", "IDEMPOTENCY_SETTINGS"]
+
+
+def test_the_right_setting_name_and_unrelated_names_are_fine(settings: Any) -> None:
+    assert settings.IDEMPOTENCY == {}
+    assert checks.check_setting_name() == []
+    with override_settings(
+        IDEMPOTENCY={"TTL": 60},
+        IDENTITY_PROVIDER="sso",
+        POTENCY=1,
+        TEMPLATES=settings.TEMPLATES,
+        # Django reads only upper-case settings; these names are no setting at all.
+        idempotancy={},
+        Idempotence={},
+    ):
+        assert checks.check_setting_name() == []
+    del settings.IDEMPOTENCY
+    assert checks.check_setting_name() == []
+
+
+def test_a_misspelt_setting_removed_by_override_settings_is_gone(settings: Any) -> None:
+    settings.IDEMPOTANCY = {}
+    assert ids(checks.check_setting_name()) == [("idempotency.W006", WARNING)]
+    del settings.IDEMPOTANCY
+    assert checks.check_setting_name() == []
+
+
+def test_a_misspelt_setting_given_to_settings_configure_is_w006() -> None:
+    # settings.configure() can only run once per process: a fresh interpreter.
+    script = """
+import django
+from django.conf import settings
+settings.configure(INSTALLED_APPS=["idempotency"], IDEMPOTANCY={"REQUIRED": True})
+django.setup()
+from idempotency.checks import check_setting_name
+print([(m.id, m.msg.split()[2]) for m in check_setting_name()])
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout == "[('idempotency.W006', 'IDEMPOTANCY')]\n"
+
+
+def test_check_command_warns_w006() -> None:
+    with override_settings(IDEMPOTANCY={"REQUIRED": True}):
+        out, err = check("--tag", "idempotency")
+    assert "?: (idempotency.W006) The setting IDEMPOTANCY looks like a misspelling" in err
+    assert "HINT: Move what it holds into IDEMPOTENCY and remove IDEMPOTANCY." in err
+    assert "System check identified 1 issue (0 silenced)." in err
+    assert out == ""
+    with override_settings(IDEMPOTANCY={}, SILENCED_SYSTEM_CHECKS=["idempotency.W006"]):
+        assert check("--tag", "idempotency") == (
+            "System check identified no issues (1 silenced).\n",
+            "",
+        )
+
+
 # ---------------------------------------------------------------- TTL and LOCK_TIMEOUT
 
 
