@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from shop.models import Order, Payment, WebhookEvent
+from shop.models import Order, Payment, Upload, WebhookEvent
 
 
 @admin.register(Order)
@@ -26,3 +26,11 @@ class WebhookEventAdmin(admin.ModelAdmin):
     list_filter = ["type", "received_at"]
     search_fields = ["event_id", "type"]
     date_hierarchy = "received_at"
+
+
+@admin.register(Upload)
+class UploadAdmin(admin.ModelAdmin):
+    list_display = ["id", "name", "size", "sha256", "note", "created_at"]
+    list_filter = ["created_at"]
+    search_fields = ["name", "sha256", "note"]
+    date_hierarchy = "created_at"

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 from rest_framework import serializers
 
-from shop.models import Order
+from shop.models import Order, Upload
 
 
 class OrderSerializer(serializers.ModelSerializer):
@@ -22,3 +23,20 @@ class OrderSerializer(serializers.ModelSerializer):
         if value <= 0:
             raise serializers.ValidationError("Ensure this value is greater than 0.")
         return value
+
+
+class UploadSerializer(serializers.ModelSerializer):
+    file = serializers.FileField(write_only=True)
+
+    class Meta:
+        model = Upload
+        fields = ["id", "name", "size", "sha256", "note", "file"]
+        read_only_fields = ["id", "size", "sha256"]
+        extra_kwargs = {"name": {"required": False}}
+
+    def create(self, validated_data: dict[str, Any]) -> Upload:
+        upload = validated_data.pop("file")
+        size, sha256 = Upload.measure(upload.chunks())
+        validated_data.setdefault("name", (upload.name or "")[:255])
+        saved: Upload = Upload.objects.create(size=size, sha256=sha256, **validated_data)
+        return saved

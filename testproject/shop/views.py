@@ -7,18 +7,20 @@ from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
 from django.db.models import QuerySet
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.http.request import RawPostDataException
+from django.middleware.csrf import get_token
+from django.utils.html import format_html
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_GET, require_POST
-from rest_framework import authentication, parsers, permissions, viewsets
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from rest_framework import authentication, mixins, parsers, permissions, viewsets
 from rest_framework.exceptions import ParseError
 from rest_framework.serializers import BaseSerializer
 
 from idempotency.decorators import idempotent
 from idempotency.rest_framework import IdempotencyMixin
-from shop.models import Order, Payment, WebhookEvent
-from shop.serializers import OrderSerializer
+from shop.models import Order, Payment, Upload, WebhookEvent
+from shop.serializers import OrderSerializer, UploadSerializer
 
 MAX_AMOUNT = Decimal("100000000")  # DecimalField(max_digits=10, decimal_places=2)
 CENT = Decimal("0.01")
@@ -242,3 +244,74 @@ def webhook(request: HttpRequest) -> JsonResponse:
         event_id=event_id, defaults={"type": event_type, "payload": data}
     )
     return JsonResponse({"received": event_id})
+
+
+UPLOAD_FORM = """<!doctype html>
+<title>Upload</title>
+<form method="post" enctype="multipart/form-data">
+<input type="hidden" name="csrfmiddlewaretoken" value="{}">
+<p><label>File <input type="file" name="file"></label></p>
+<p><label>or text <textarea name="content"></textarea></label></p>
+<p><label>Name <input name="name" maxlength="255"></label></p>
+<p><label>Note <input name="note" maxlength="200"></label></p>
+<p><button>Upload</button></p>
+</form>
+"""
+
+
+def _upload_json(upload: Upload) -> dict[str, Any]:
+    return {
+        "id": upload.pk,
+        "name": upload.name,
+        "size": upload.size,
+        "sha256": upload.sha256,
+        "note": upload.note,
+    }
+
+
+@require_http_methods(["GET", "POST"])
+def uploads(request: HttpRequest) -> HttpResponse:
+    """A form (GET) that saves a file, or a pasted text, with a note (POST).
+
+    CSRF-protected like any form; no decorator: the ``IdempotencyMiddleware``
+    protects it when the request has a key.
+    """
+    if request.method == "GET":
+        return HttpResponse(format_html(UPLOAD_FORM, get_token(request)))
+    upload = request.FILES.get("file")
+    content = request.POST.get("content", "")
+    name = request.POST.get("name", "")
+    note = request.POST.get("note", "")
+    errors: dict[str, str] = {}
+    if upload is None and not content:
+        errors["file"] = "Send a file, or a text in content."
+    elif upload is not None and content:
+        errors["content"] = "Send a file or a text, not both."
+    if len(name) > 255:
+        errors["name"] = "Must be at most 255 characters."
+    if len(note) > 200:
+        errors["note"] = "Must be at most 200 characters."
+    if not _storable({"name": name, "note": note}):
+        errors["note"] = INVALID_TEXT
+    if errors:
+        return _error(400, "invalid_upload", "Some fields are invalid.", fields=errors)
+    if upload is not None:
+        size, sha256 = Upload.measure(upload.chunks())
+        name = name or (upload.name or "")[:255]
+    else:
+        size, sha256 = Upload.measure([content.encode()])
+    saved = Upload.objects.create(name=name, size=size, sha256=sha256, note=note)
+    return JsonResponse(_upload_json(saved), status=201)
+
+
+class UploadViewSet(IdempotencyMixin, mixins.CreateModelMixin, viewsets.GenericViewSet):
+    """``POST /api/uploads/``: a multipart (or urlencoded) upload through DRF's parsers."""
+
+    queryset = Upload.objects.all()
+    serializer_class = UploadSerializer
+    authentication_classes = [
+        authentication.TokenAuthentication,
+        authentication.SessionAuthentication,
+    ]
+    permission_classes = [permissions.IsAuthenticated]
+    parser_classes = [parsers.MultiPartParser, parsers.FormParser]
