@@ -352,8 +352,9 @@ class Claim:
     def enter_atomic(self) -> None:
         """Open the transaction the view and the stored response share (``ATOMIC``)."""
         if self.atomic and self._atomic is None:
-            self._atomic = transaction.atomic(using=self.settings.database)
-            self._atomic.__enter__()
+            block = transaction.atomic(using=self.settings.database)
+            block.__enter__()
+            self._atomic = block  # only once it is open: a failed BEGIN has nothing to close
 
     def _close_atomic(self, *, commit: bool) -> None:
         block, self._atomic = self._atomic, None
@@ -587,6 +588,11 @@ class Claim:
             self._release("store_failed")
             self._emit(signals.store_unavailable, "store_unavailable", error=exc)
             return _store_unavailable(self.settings)
+        except BaseException:
+            # An on_commit hook of the view raised after its writes committed: the key
+            # is still freed, then the error goes on to Django's handling.
+            self._release(reason)
+            raise
         self._release(reason)
         return response
 

@@ -39,6 +39,9 @@ V = TypeVar("V", bound=Callable[..., Any])
 
 #: The claim an operation took, from the operation's body to the end of ninja's run.
 _CLAIM_ATTR = "_idempotency_ninja_claim"
+#: Set by the wrapper of ninja's run around the operation it is about to call: only
+#: then does the operation claim, since only then is there an end to finish it.
+_RUN_ATTR = "_idempotency_ninja_run"
 
 
 def auth_scope(request: HttpRequest) -> str:
@@ -51,20 +54,21 @@ def auth_scope(request: HttpRequest) -> str:
     carries, else anonymous.
     """
     auth = getattr(request, "auth", None)
-    if auth is None:
+    if auth is None or isinstance(auth, bool):
+        # No principal to name (an auth callback that returns True): the request's
+        # own credentials, as without ninja.
         return engine.default_scope(request, request)
     if isinstance(auth, AbstractBaseUser):
         return f"user:{auth.pk}"
     if isinstance(auth, Model):
         return f"{auth._meta.label_lower}:{auth.pk}"
-    if isinstance(auth, str | bytes | int) and not isinstance(auth, bool):
+    if isinstance(auth, str | bytes | int):
         text = auth.decode("utf-8", "surrogateescape") if isinstance(auth, bytes) else str(auth)
-        return "auth:" + engine._hash(text)
-    raise ImproperlyConfigured(
-        f"request.auth is {type(auth).__name__!r}, which has no stable scope: make the "
-        "operation's auth return a user, a model instance, a string or an integer, or "
-        "pass idempotent(scope_func=...)."
-    )
+        return f"auth:{type(auth).__name__}:" + engine._hash(text)
+    # Another object (a dict, AnonymousUser): it names no principal the app can
+    # compare, so the request's own credentials scope it, as without ninja. Pass
+    # scope_func to scope by it.
+    return engine.default_scope(request, request)
 
 
 def _finisher(run: Callable[..., Any]) -> Callable[..., Any]:
@@ -73,6 +77,7 @@ def _finisher(run: Callable[..., Any]) -> Callable[..., Any]:
 
         @functools.wraps(run)
         async def async_run(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+            request.__dict__[_RUN_ATTR] = True
             try:
                 response = await run(request, *args, **kwargs)
             except BaseException as exc:
@@ -92,6 +97,7 @@ def _finisher(run: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(run)
     def sync_run(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        request.__dict__[_RUN_ATTR] = True
         try:
             response = run(request, *args, **kwargs)
         except BaseException as exc:
@@ -163,6 +169,10 @@ def idempotent(
             )
 
         def claim(request: HttpRequest, wrapper: Any) -> Any:
+            if not request.__dict__.pop(_RUN_ATTR, False):
+                # Called as a plain function (from another operation, a test): there is
+                # no end of ninja's run to store a response at, so nothing is claimed.
+                return None
             outcome = engine.start(request, request, claim_options, wrapper)
             if isinstance(outcome, engine.Claim):
                 answer = outcome.begin()
@@ -187,8 +197,10 @@ def idempotent(
                     return await func(request, *args, **kwargs)
                 except BaseException as exc:
                     request.__dict__.pop(_CLAIM_ATTR, None)
-                    await sync_to_async(outcome.abort)(exc)
-                    raise
+                    answer = await sync_to_async(outcome.abort)(exc)
+                    if answer is None:
+                        raise
+                    return answer  # the database went away under the operation: 503
                 finally:
                     outcome.deactivate()
 
@@ -211,8 +223,10 @@ def idempotent(
                     # ninja turns the exception into its error response; that is not
                     # stored, and the view's writes roll back, as under @idempotent.
                     request.__dict__.pop(_CLAIM_ATTR, None)
-                    outcome.abort(exc)
-                    raise
+                    answer = outcome.abort(exc)
+                    if answer is None:
+                        raise
+                    return answer  # the database went away under the operation: 503
                 finally:
                     outcome.deactivate()
 

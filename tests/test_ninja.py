@@ -128,6 +128,25 @@ def exempt(request: HttpRequest, payload: PaymentIn) -> Any:
     return _create(request, payload, "exempt")
 
 
+@api.post("/reuses/", auth=Bearer(), response={201: dict})
+def reuses(request: HttpRequest, payload: PaymentIn) -> Any:
+    """An undecorated operation that calls a decorated one as a plain function."""
+    return bearer(request, payload)
+
+
+class Yes(HttpBearer):
+    """An auth callback that answers True: no principal to name."""
+
+    def authenticate(self, request: HttpRequest, token: str) -> bool:
+        return token in TOKENS
+
+
+@api.post("/yes/", auth=Yes(), response={201: dict})
+@idempotent
+def yes(request: HttpRequest, payload: PaymentIn) -> Any:
+    return _create(request, payload, "yes")
+
+
 urlpatterns = [path("ninja/", api.urls)]
 
 
@@ -245,9 +264,16 @@ def test_auth_scope_of_each_kind_of_principal(rf: Any) -> None:
     assert token_1.startswith("auth:") and auth_scope(request) != token_1
     request.auth = 7
     assert auth_scope(request) == auth_scope(request) != token_1
-    request.auth = object()
-    with pytest.raises(ImproperlyConfigured, match="no stable scope"):
-        auth_scope(request)
+    request.auth = "7"
+    assert auth_scope(request) != auth_scope_of(rf, 7)
+    request.auth = object()  # names no principal: the request's credentials scope it
+    assert auth_scope(request) == "anonymous"
+
+
+def auth_scope_of(rf: Any, auth: Any) -> str:
+    request = rf.post("/")
+    request.auth = auth
+    return auth_scope(request)
 
 
 # ------------------------------------------------------------------ the middleware alone
@@ -356,3 +382,34 @@ def test_exempt_operation_is_left_alone_by_the_middleware(send: Send) -> None:
     assert "Idempotent-Replayed" not in second
     assert RUNS == ["exempt", "exempt"]
     assert not IdempotencyKey.objects.filter(key=key).exists()
+
+
+def test_a_decorated_operation_called_as_a_function_claims_nothing(
+    send: Send, middleware: bool
+) -> None:
+    from django.db import connection
+
+    key = str(uuid.uuid4())
+    first = send("POST", "/ninja/reuses/", headers=keyed(key, bearer_of("alice")))
+
+    assert first.status_code == 201
+    assert not connection.in_atomic_block
+    assert Group.objects.count() == 1
+    if middleware:
+        # The middleware protects the outer operation: one claim, completed.
+        assert IdempotencyKey.objects.get(key=key).state == IdempotencyKey.State.COMPLETED
+    else:
+        # The inner call has no end of ninja's run to store at: it claims nothing.
+        assert not IdempotencyKey.objects.filter(key=key).exists()
+
+
+def test_an_auth_that_answers_true_is_scoped_by_the_credentials(send: Send) -> None:
+    key = str(uuid.uuid4())
+    alice = send("POST", "/ninja/yes/", headers=keyed(key, bearer_of("alice")))
+    replay = send("POST", "/ninja/yes/", headers=keyed(key, bearer_of("alice")))
+    bob = send("POST", "/ninja/yes/", headers=keyed(key, bearer_of("bob")))
+
+    assert alice.status_code == bob.status_code == 201
+    assert replay["Idempotent-Replayed"] == "true"
+    assert "Idempotent-Replayed" not in bob
+    assert all(scope.startswith("authorization:") for scope in the_scope(key))

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import Group
-from django.db import connection
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.db import OperationalError, connection, transaction
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.template.response import TemplateResponse
 from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
@@ -79,6 +79,28 @@ def plain(request: HttpRequest) -> Any:
     return _write(request)
 
 
+def _failing_hook() -> None:
+    raise RuntimeError("the mail server is down")
+
+
+def _stream_with_hook(request: HttpRequest) -> Any:
+    Group.objects.create(name=f"g-{uuid.uuid4()}")
+    if STATE["mode"] == "broken":
+        transaction.on_commit(_failing_hook)
+    return StreamingHttpResponse(iter([b"streamed"]), status=201)
+
+
+@csrf_exempt
+@idempotent
+def decorated_stream(request: HttpRequest) -> Any:
+    return _stream_with_hook(request)
+
+
+@csrf_exempt
+def plain_stream(request: HttpRequest) -> Any:
+    return _stream_with_hook(request)
+
+
 class Open(APIView):
     authentication_classes: list[Any] = []
     permission_classes: list[Any] = []
@@ -97,6 +119,8 @@ urlpatterns = [
     path("decorated-async/", decorated_async),
     path("plain/", plain),
     path("mixin/", Mixin.as_view()),
+    path("decorated-stream/", decorated_stream),
+    path("plain-stream/", plain_stream),
 ]
 
 #: Each adapter, and the failures it can meet. Under the middleware Django itself
@@ -180,3 +204,47 @@ def test_a_view_that_returns_no_response_is_a_type_error_naming_it(
     assert ("It returned a dict" in message) == (returned == "dict")
     assert ("idempotency.ninja.idempotent" in message) == (returned == "dict")
     assert IdempotencyKey.objects.get(key=key).state == IdempotencyKey.State.RELEASED
+
+
+@pytest.mark.parametrize("url", ["decorated-stream/", "plain-stream/"])
+def test_an_on_commit_hook_that_raises_still_frees_the_key(send: Send, url: str) -> None:
+    key = str(uuid.uuid4())
+    client = send.client(raise_request_exception=False)
+
+    first = send("POST", f"/{url}", headers={"Idempotency-Key": key}, client=client)
+
+    assert first.status_code == 500  # the hook's error, through Django's handling
+    assert Group.objects.count() == 1  # a stream is not stored: its writes stand
+    assert IdempotencyKey.objects.get(key=key).state == IdempotencyKey.State.RELEASED
+    assert not connection.in_atomic_block
+    STATE["mode"] = "ok"
+    retry = send("POST", f"/{url}", headers={"Idempotency-Key": key}, client=client)
+    assert retry.status_code == 201  # not 409 locked
+
+
+@pytest.mark.parametrize("url", ["decorated/", "plain/", "mixin/"])
+def test_a_failed_begin_of_the_view_transaction_is_a_503(
+    send: Send, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = transaction.Atomic.__enter__
+    failures = []
+
+    def enter(self: transaction.Atomic) -> None:
+        # Fail the view's transaction, opened after the claim's INSERT committed.
+        if not failures and IdempotencyKey.objects.exists():
+            failures.append(self)
+            raise OperationalError("server closed the connection unexpectedly")
+        original(self)
+
+    monkeypatch.setattr(transaction.Atomic, "__enter__", enter)
+    key = str(uuid.uuid4())
+    STATE["mode"] = "ok"
+
+    answer = send("POST", f"/{url}", headers={"Idempotency-Key": key})
+
+    assert failures
+    assert answer.status_code == 503
+    assert answer.json()["code"] == "idempotency_store_unavailable"
+    assert Group.objects.count() == 0  # the view never ran
+    assert IdempotencyKey.objects.get(key=key).state == IdempotencyKey.State.RELEASED
+    assert not connection.in_atomic_block
