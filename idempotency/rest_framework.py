@@ -21,7 +21,7 @@ from rest_framework.request import Request
 
 from idempotency import engine
 from idempotency.conf import idempotency_settings
-from idempotency.decorators import exempts
+from idempotency.decorators import exempts, warn_ignored
 
 __all__ = ["IdempotencyMixin"]
 
@@ -141,6 +141,9 @@ class IdempotencyMixin:
         if request.method not in idempotency_settings.get().methods:
             return
         if getattr(http_request, engine.HANDLED_ATTR, False):
+            options = self.get_idempotency_options()
+            if options != engine.DEFAULT_OPTIONS:
+                warn_ignored(type(self), options, http_request)
             return
         # DRF's viewsets bind each action to the method's name on the instance.
         if exempts(self, (request.method or "").lower()):

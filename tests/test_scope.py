@@ -30,6 +30,7 @@ from rest_framework.views import APIView
 from idempotency import decorators
 from idempotency.engine import ANONYMOUS, default_scope
 from idempotency.models import IdempotencyKey
+from idempotency.rest_framework import IdempotencyMixin
 from tests.assertions import assert_problem
 from tests.clients import Send
 
@@ -88,6 +89,21 @@ class DRFWithoutMixin(APIView):
         return Response({"user": request.user.username, "run": len(RUNS)}, status=201)
 
 
+class MixinWithOptions(IdempotencyMixin, APIView):
+    authentication_classes: list[Any] = []
+    permission_classes: list[Any] = []
+    idempotency_ttl = 60
+
+    def post(self, request: Request) -> Response:
+        RUNS.append("mixin")
+        return Response({}, status=201)
+
+
+#: A decorator around a mixin view: the decorator claims first, the mixin's own
+#: options cannot apply.
+wrapped_mixin = decorators.idempotent(MixinWithOptions.as_view())
+
+
 def _event_id(request: HttpRequest) -> Any:
     return json.loads(request.body).get("id")
 
@@ -116,6 +132,7 @@ urlpatterns = [
     path("drf/", DRFWithoutMixin.as_view()),
     path("events/", events),
     path("router/", router),
+    path("wrapped-mixin/", csrf_exempt(wrapped_mixin)),
 ]
 
 
@@ -306,3 +323,15 @@ def test_decorator_options_the_middleware_preempted_are_logged(
     assert "routed_target" in warnings[0]
     assert "ttl" in warnings[0]
     assert "EXEMPT_PATHS" in warnings[0]
+
+
+def test_mixin_options_a_decorator_preempted_are_logged(
+    send: Send, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="idempotency"):
+        answer = send("POST", "/wrapped-mixin/", headers={"Idempotency-Key": str(uuid.uuid4())})
+
+    assert answer.status_code == 201
+    warnings = [r.getMessage() for r in caplog.records if "could apply" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "MixinWithOptions" in warnings[0] and "ttl" in warnings[0]
