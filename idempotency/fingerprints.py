@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import tempfile
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
+from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest
 from django.http.request import RawPostDataException
@@ -339,6 +341,98 @@ def _form_fingerprint(
     return digest.hexdigest()
 
 
+def _raw_prefix(request: HttpRequest, header_meta: Iterable[str]) -> Any:
+    """The raw formula's SHA-256, fed with everything before the body."""
+    digest = hashlib.sha256()
+    digest.update(_text(request.method or ""))
+    digest.update(b"\n")
+    digest.update(_text(request.get_full_path()))
+    for name in header_meta:
+        digest.update(b"\n")
+        digest.update(_text(request.META.get(name, "")))
+    digest.update(b"\n")
+    return digest
+
+
+#: Where :func:`stream_form_data` leaves the fingerprint of a body it streamed.
+_STREAMED_ATTR = "_idempotency_streamed"
+#: How much of a streamed body is read at a time.
+STREAM_CHUNK = 64 * 1024
+
+
+def stream_form_data(request: HttpRequest, header_meta: Iterable[str]) -> bool:
+    """Fingerprint a ``multipart/form-data`` body as it streams, keeping it for Django.
+
+    The body is read in chunks of :data:`STREAM_CHUNK` bytes, hashed by its parts
+    (:class:`FormDataDigest`) and by its bytes (for a body that is not well-formed),
+    and kept where Django's own parser will read it: the ASGI handler's spooled
+    file, rewound; or, under WSGI, a ``SpooledTemporaryFile`` that spills to
+    ``FILE_UPLOAD_TEMP_DIR`` past ``FILE_UPLOAD_MAX_MEMORY_SIZE``, as Django's
+    upload handlers do. The view then parses ``request.POST`` and
+    ``request.FILES`` as it would without the key, with Django's limits. Nothing
+    is held in memory but a chunk and a part's headers.
+
+    Returns whether the body was streamed: False for other bodies, and for a body
+    that something already read.
+    """
+    if "_body" in request.__dict__ or request._read_started:  # type: ignore[attr-defined]
+        return False
+    content_type = request.META.get("CONTENT_TYPE", "")
+    if _media_type(content_type) != FORM_DATA:
+        return False
+    header_meta = tuple(header_meta)
+    boundary = _boundary(content_type)
+    walker = FormDataDigest(boundary) if boundary is not None else None
+    raw = _raw_prefix(request, header_meta)
+    source: Any = request._stream
+    rewind = bool(getattr(source, "seekable", lambda: False)())
+    if rewind:
+        start = source.tell()
+        keep = None
+    else:
+        # It outlives this function: it becomes the request's stream.
+        keep = tempfile.SpooledTemporaryFile(  # noqa: SIM115
+            max_size=settings.FILE_UPLOAD_MAX_MEMORY_SIZE,
+            suffix=".upload",
+            dir=settings.FILE_UPLOAD_TEMP_DIR,
+        )
+    while True:
+        chunk = source.read(STREAM_CHUNK)
+        if not chunk:
+            break
+        raw.update(chunk)
+        if walker is not None:
+            walker.feed(chunk)
+        if keep is not None:
+            keep.write(chunk)
+    if keep is not None:
+        keep.seek(0)
+        request._stream = keep  # type: ignore[assignment]
+    else:
+        source.seek(start)
+    parts = walker.digest() if walker is not None else None
+    if parts is not None:
+        fingerprint = _form_fingerprint(b"multipart/form-data", request, header_meta, parts)
+    else:
+        fingerprint = raw.hexdigest()
+    request.__dict__[_STREAMED_ATTR] = (header_meta, fingerprint)
+    return True
+
+
+def keep_body(request: HttpRequest, header_meta: Iterable[str], *, stream: bool = True) -> None:
+    """Make the body fingerprintable after later code parses it as a stream (a CSRF
+    check reading ``request.POST``, DRF's parsers): stream a multipart body
+    (:func:`stream_form_data`, when ``stream``), else read the body into memory as
+    Django does. A body Django would refuse to read is left to the fingerprint,
+    which answers 413."""
+    if stream and stream_form_data(request, header_meta):
+        return
+    try:
+        request.body  # noqa: B018
+    except (RequestDataTooBig, RawPostDataException):
+        pass
+
+
 def _raw_fingerprint(request: HttpRequest, header_meta: Iterable[str], body: bytes) -> str:
     digest = hashlib.sha256()
     digest.update(_text(request.method or ""))
@@ -363,6 +457,12 @@ def default_fingerprint(request: HttpRequest, header_meta: Iterable[str]) -> str
     ``csrfmiddlewaretoken`` pairs. A multipart body that is not well-formed counts
     as sent, boundary and all.
     """
+    header_meta = tuple(header_meta)
+    streamed = request.__dict__.get(_STREAMED_ATTR)
+    if streamed is None and stream_form_data(request, header_meta):
+        streamed = request.__dict__[_STREAMED_ATTR]
+    if streamed is not None and streamed[0] == header_meta:
+        return str(streamed[1])
     try:
         body = request.body
     except RequestDataTooBig as exc:

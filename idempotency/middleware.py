@@ -4,14 +4,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
-from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest
-from django.http.request import RawPostDataException
 from django.http.response import HttpResponseBase
 
 from idempotency import engine
 from idempotency.conf import idempotency_settings
 from idempotency.decorators import exempts
+from idempotency.fingerprints import keep_body
 
 _CLAIM_ATTR = "_idempotency_claim"
 
@@ -113,10 +112,7 @@ class IdempotencyMiddleware:
         if request.method in settings.methods and (
             settings.header_meta in request.META or settings.required
         ):
-            try:
-                request.body  # noqa: B018
-            except (RequestDataTooBig, RawPostDataException):
-                pass  # answered in process_view, if the view is protected
+            keep_body(request, settings.fingerprint_meta)
 
     def process_exception(
         self, request: HttpRequest, exception: Exception

@@ -11,10 +11,8 @@ from datetime import timedelta
 from typing import Any, ClassVar
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.core.exceptions import RequestDataTooBig
 from django.db import transaction
 from django.http import HttpRequest
-from django.http.request import RawPostDataException
 from django.http.response import HttpResponseBase
 from rest_framework import exceptions
 from rest_framework.request import Request
@@ -22,6 +20,7 @@ from rest_framework.request import Request
 from idempotency import engine
 from idempotency.conf import idempotency_settings
 from idempotency.decorators import exempts, warn_ignored
+from idempotency.fingerprints import keep_body
 
 __all__ = ["IdempotencyMixin"]
 
@@ -128,11 +127,12 @@ class IdempotencyMixin:
     def initialize_request(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Request:
         settings = idempotency_settings.get()
         if request.method in settings.methods:
-            # Keep the raw body readable after DRF's parsers (or its CSRF check) read it.
-            try:
-                request.body  # noqa: B018
-            except (RequestDataTooBig, RawPostDataException):
-                pass
+            # Keep the body fingerprintable after DRF's parsers (or its CSRF check)
+            # read it. Only a request that may be keyed streams an upload.
+            keyed = settings.header_meta in request.META or bool(
+                settings.required or self.idempotency_required or self.idempotency_key_func
+            )
+            keep_body(request, settings.fingerprint_meta, stream=keyed)
         return super().initialize_request(request, *args, **kwargs)  # type: ignore[misc, no-any-return]
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:

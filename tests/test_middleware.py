@@ -1589,15 +1589,45 @@ def test_multipart_upload_is_fingerprinted_and_replayed(send: Send) -> None:
     assert rows() == ["row-1"]
 
 
-def test_multipart_upload_larger_than_the_limit_is_413(send: Send, settings: Any) -> None:
+def test_multipart_upload_larger_than_the_memory_limit_runs_and_replays(
+    send: Send, settings: Any
+) -> None:
+    # Django leaves file data out of DATA_UPLOAD_MAX_MEMORY_SIZE: so does the app,
+    # which fingerprints the upload as it streams.
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1024
-    body = _multipart(b"z" * 4096)
+    settings.FILE_UPLOAD_MAX_MEMORY_SIZE = 2048  # the file goes to disk, as without the key
+    key = new_key()
+    content = b"z" * 4096 + b"\x00end"
+    changed = b"z" * 4096 + b"\x01end"
 
-    response = send("POST", "/upload/", body, MULTIPART_CONTENT, headers=idem(new_key()))
+    first = send("POST", "/upload/", _multipart(content), MULTIPART_CONTENT, headers=idem(key))
+    replay = send("POST", "/upload/", _multipart(content), MULTIPART_CONTENT, headers=idem(key))
+    other = send("POST", "/upload/", _multipart(changed), MULTIPART_CONTENT, headers=idem(key))
 
-    assert_problem(response, 413, "idempotency_request_too_large")
-    assert CALLS == []
-    assert IdempotencyKey.objects.count() == 0
+    assert first.status_code == 201
+    assert first.json()["sha256"] == hashlib.sha256(content).hexdigest()
+    assert_replay_of(replay, first)
+    assert_problem(other, 409, "idempotency_key_mismatch")
+    assert rows() == ["row-1"]
+
+
+def test_multipart_fields_past_the_memory_limit_are_djangos_own_refusal(
+    send: Send, settings: Any
+) -> None:
+    # What Django refuses without the key (non-file data past the limit), it refuses
+    # with the key: its 400, never stored.
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1024
+    client = send.client(raise_request_exception=False)
+    key = new_key()
+    body = _multipart(b"small", name="n" * 4096)
+
+    first = send("POST", "/upload/", body, MULTIPART_CONTENT, headers=idem(key), client=client)
+
+    assert first.status_code == 400  # Django's, raised when the view reads request.POST
+    assert len(CALLS) == 1
+    assert rows() == []
+    assert stored(key) is None
+    assert the_key(key).state == IdempotencyKey.State.RELEASED
 
 
 def test_malformed_multipart_is_djangos_400_and_not_stored(send: Send) -> None:
