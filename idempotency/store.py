@@ -272,7 +272,7 @@ class Store:
         conn = self.connection
         return conn, sql_for(conn, _build_sql)
 
-    def _run(self, conn: BaseDatabaseWrapper, work: Callable[[], T]) -> T:
+    def retrying(self, conn: BaseDatabaseWrapper, work: Callable[[], T]) -> T:
         """``work()``, run again when InnoDB chose it as a deadlock's victim.
 
         The server has then rolled back the transaction the statements ran in. When
@@ -352,7 +352,7 @@ class Store:
                 row = cursor.fetchone()
             return Existing.from_row(row) if row is not None else None
 
-        return self._run(conn, work)
+        return self.retrying(conn, work)
 
     def fetch(self, *, scope: str, key: str, now: datetime) -> Existing | None:
         conn, sql = self._prepare()
@@ -365,7 +365,7 @@ class Store:
                 row = cursor.fetchone()
             return Existing.from_row(row) if row is not None else None
 
-        return self._run(conn, work)
+        return self.retrying(conn, work)
 
     def take_over(
         self,
@@ -399,7 +399,7 @@ class Store:
                     cursor.execute(sql.drop_response, [existing.id])
             return won
 
-        return self._run(conn, work)
+        return self.retrying(conn, work)
 
     def complete(
         self,
@@ -436,7 +436,7 @@ class Store:
                 cursor.execute(complete_response, [key_id, status, headers_json, body])
             return True
 
-        return self._run(conn, work)
+        return self.retrying(conn, work)
 
     def release(self, key_id: int, fence: int) -> bool:
         """Free a running key with nothing stored. It keeps its fingerprint and expiry:
@@ -448,4 +448,4 @@ class Store:
                 cursor.execute(sql.release, [key_id, fence])
                 return bool(cursor.rowcount == 1)
 
-        return self._run(conn, work)
+        return self.retrying(conn, work)
