@@ -171,8 +171,8 @@ def _build_sql(vendor: str, quote: Quote) -> _SQL:
     # InnoDB under REPEATABLE READ: a plain read in a transaction sees the snapshot of
     # its first read, which may predate a claim or completion that has since committed.
     # A locking read sees the latest committed row (and holds a shared lock on it until
-    # the transaction ends, as the duplicate-key error already does). READ COMMITTED
-    # would not need it; checking which level is in force would cost a query.
+    # the transaction ends, as a duplicate-key error does). READ COMMITTED would not
+    # need it; checking which level is in force would cost a query.
     fetch_locking = f"{fetch} LOCK IN SHARE MODE" if mysql else fetch
     takeover = (
         f"UPDATE {kt} SET {kstate} = '{RUNNING}', {kfence} = {kfence} + 1, "
@@ -320,17 +320,24 @@ class Store:
         fetch_params = [ts(now), ts(now), scope, key]
 
         def work() -> int | Existing | None:
-            fetch = sql.fetch_locking if conn.in_atomic_block else sql.fetch
+            # InnoDB inside a transaction: what a plain read finds is read again with a
+            # lock (see _build_sql). Only a row that is there: a locking read of a
+            # missing key would lock its gap in the index under REPEATABLE READ, and
+            # two requests holding that gap would deadlock on their INSERTs.
+            relock = conn.in_atomic_block and sql.fetch_locking != sql.fetch
             with conn.cursor() as cursor:
+                row = None
                 if sql.read_first:
                     # SQLite: an INSERT takes the database's single write lock even when
                     # it conflicts, so a replay reads first and never writes. InnoDB: a
                     # conflicting INSERT is an error and a lock; a read is neither.
-                    cursor.execute(fetch, fetch_params)
+                    cursor.execute(sql.fetch, fetch_params)
                     row = cursor.fetchone()
-                    if row is not None:
+                    if row is not None and not relock:
                         return Existing.from_row(row)
-                if sql.insert_returns:
+                if row is not None:
+                    pass  # read again below, with a lock
+                elif sql.insert_returns:
                     # PostgreSQL: a first request (the common case) costs this one INSERT;
                     # a conflicting INSERT writes nothing, and a replay then costs one read.
                     cursor.execute(sql.insert, insert_params)
@@ -347,8 +354,7 @@ class Store:
                             raise
                     else:
                         return int(cursor.lastrowid)
-                    fetch = sql.fetch_locking
-                cursor.execute(fetch, fetch_params)
+                cursor.execute(sql.fetch_locking if relock else sql.fetch, fetch_params)
                 row = cursor.fetchone()
             return Existing.from_row(row) if row is not None else None
 

@@ -4,17 +4,20 @@
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import Group
-from django.db import OperationalError, connection, transaction
+from django.db import OperationalError, connection, connections, transaction
 from django.http import HttpRequest, HttpResponse
 from django.test import Client, override_settings
 from django.urls import path
+from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
 from idempotency import store as store_module
@@ -202,3 +205,80 @@ def test_other_errors_are_not_run_again() -> None:
     with pytest.raises(OperationalError):
         store.retrying(connection, work)
     assert calls == [1]
+
+
+# ---------------------------------------------------------------- REPEATABLE READ snapshots
+
+
+def _claim_args(key: str) -> dict[str, Any]:
+    now = timezone.now()
+    return {
+        "scope": "anonymous",
+        "key": key,
+        "fingerprint": "f" * 64,
+        "method": "POST",
+        "path": "/large/",
+        "now": now,
+        "lease_until": now + timedelta(seconds=60),
+        "expires_at": now + timedelta(days=1),
+    }
+
+
+def _in_another_connection(work: Callable[[], None]) -> None:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(timeout=30)
+    assert errors == []
+
+
+@pytest.mark.mysql
+@pytest.mark.parametrize("seen_running", [False, True], ids=["unseen", "seen-running"])
+def test_a_claim_inside_an_old_snapshot_finds_the_latest_row(seen_running: bool) -> None:
+    """REPEATABLE READ: the request's transaction began before another request
+    completed the key (ATOMIC_REQUESTS, a request made from an atomic view)."""
+    key = str(uuid.uuid4())
+    store = store_module.Store("default")
+    other = store_module.Store("default")
+    claimed: list[int] = []
+
+    def claim_elsewhere() -> None:
+        found = other.claim(**_claim_args(key))
+        assert isinstance(found, int)
+        claimed.append(found)
+
+    def complete_elsewhere() -> None:
+        now = timezone.now()
+        assert other.complete(
+            claimed[0],
+            1,
+            now=now,
+            expires_at=now + timedelta(days=1),
+            status=201,
+            headers=[],
+            body=b"done",
+        )
+
+    if seen_running:
+        _in_another_connection(claim_elsewhere)
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        # The transaction's snapshot: taken by its first read, before the completion.
+        assert IdempotencyKey.objects.filter(key=key).count() == int(seen_running)
+        if not seen_running:
+            _in_another_connection(claim_elsewhere)
+        _in_another_connection(complete_elsewhere)
+        found = store.claim(**_claim_args(key))
+
+    assert isinstance(found, store_module.Existing)
+    assert (found.state, found.status, found.body) == ("completed", 201, b"done")
