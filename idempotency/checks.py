@@ -14,10 +14,13 @@ from typing import Any
 from django.apps import AppConfig, apps
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning, register
-from django.db import router
+from django.db import connections, router
+from django.db.utils import load_backend
+from django.utils.connection import ConnectionDoesNotExist
 from django.utils.module_loading import import_string
 
 from idempotency.conf import SETTING_NAME, SettingError, user_setting, validate
+from idempotency.store import SUPPORTED_VENDORS
 
 TAG = "idempotency"
 
@@ -233,6 +236,44 @@ def check_atomic_database(app_configs: AppConfigs = None, **kwargs: Any) -> list
             f"views write to {alias!r} explicitly (.using()), add 'idempotency.E007' to "
             "SILENCED_SYSTEM_CHECKS.",
             id="idempotency.E007",
+        )
+    ]
+
+
+def _vendor(alias: str) -> str | None:
+    """``connection.vendor`` of ``alias``, without connecting."""
+    try:
+        return str(connections[alias].vendor)
+    except ConnectionDoesNotExist:
+        # DATABASES changed after the connections were set up (override_settings).
+        pass
+    try:
+        backend = load_backend(settings.DATABASES[alias].get("ENGINE", ""))
+    except Exception:
+        return None  # Django reports a broken ENGINE itself
+    return str(backend.DatabaseWrapper.vendor)
+
+
+@register(TAG)
+def check_database_vendor(app_configs: AppConfigs = None, **kwargs: Any) -> list[CheckMessage]:
+    """The store's database is one the store has SQL for."""
+    values, _problems = validate(user_setting())
+    alias = values.get("DATABASE")
+    if alias is None or alias not in settings.DATABASES:
+        return []  # idempotency.E006
+    vendor = _vendor(alias)
+    if vendor is None or vendor in SUPPORTED_VENDORS:
+        return []
+    engine = settings.DATABASES[alias].get("ENGINE", "?")
+    return [
+        Error(
+            f"The idempotency store's database {alias!r} is {vendor!r} ({engine}), which "
+            "the store has no SQL for: every request with a key would answer 503 "
+            "idempotency_store_unavailable.",
+            hint="Keep the store on SQLite, PostgreSQL, MariaDB or MySQL through Django's "
+            f"own backends: point {SETTING_NAME}['DATABASE'] at such a database (it may "
+            "be another alias than the one the views write to, with ATOMIC = False).",
+            id="idempotency.E008",
         )
     ]
 

@@ -776,6 +776,11 @@ def start(
                 return _locked(settings)
             time.sleep(min(pause, remaining))
             pause = min(pause * 2, _POLL_MAX)
+    except store_module.UnsupportedDatabase as exc:
+        # No SQL was sent; a traceback would only hide the reason.
+        logger.error("Idempotency store unavailable for key %r: %s", key, exc)
+        emit(signals.store_unavailable, "store_unavailable", error=exc)
+        return _store_unavailable(settings)
     except DatabaseError as exc:
         logger.exception("Idempotency store unavailable for key %r.", key)
         emit(signals.store_unavailable, "store_unavailable", error=exc)

@@ -1,8 +1,46 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.db import models
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
+
+
+def exact_collation(connection: BaseDatabaseWrapper) -> str | None:
+    """The collation that compares text byte for byte on ``connection``, where the
+    server's default would not; None where the default already does.
+
+    SQLite's default (``BINARY``) and PostgreSQL's deterministic collations compare
+    exactly. A MariaDB or MySQL server's default does not: it ignores letter case and
+    accents and pads trailing spaces. Their ``*_bin`` collations still pad spaces; the
+    ``NO PAD`` binary ones do not. ``utf8mb4_0900_bin`` came in MySQL 8.0.17; before
+    it, ``utf8mb4_bin`` is the closest (exact but for trailing spaces).
+    """
+    if connection.vendor != "mysql":
+        return None
+    if getattr(connection, "mysql_is_mariadb", False):
+        return "utf8mb4_nopad_bin"
+    if getattr(connection, "mysql_version", (0,)) >= (8, 0, 17):
+        return "utf8mb4_0900_bin"
+    return "utf8mb4_bin"
+
+
+class ExactCharField(models.CharField):
+    """A ``CharField`` whose values compare byte for byte on every database.
+
+    Without ``db_collation``, it takes :func:`exact_collation` on MariaDB and MySQL,
+    and the database's default (already exact) elsewhere. Keys and scopes are
+    compared by the unique (scope, key) index: on a case-insensitive, space-padding
+    collation ``"Key"`` and ``"key"``, or ``"k "`` and ``"k"``, would be one operation.
+    """
+
+    def db_parameters(self, connection: BaseDatabaseWrapper) -> dict[str, Any]:
+        params = super().db_parameters(connection)
+        if self.db_collation is None:
+            params["collation"] = exact_collation(connection)
+        return params
 
 
 class IdempotencyKey(models.Model):
@@ -13,8 +51,8 @@ class IdempotencyKey(models.Model):
         COMPLETED = "completed", _("completed")
         RELEASED = "released", _("released")
 
-    scope = models.CharField(_("scope"), max_length=255)
-    key = models.CharField(_("key"), max_length=255, help_text=_("The key as the client sent it."))
+    scope = ExactCharField(_("scope"), max_length=255)
+    key = ExactCharField(_("key"), max_length=255, help_text=_("The key as the client sent it."))
     fingerprint = models.CharField(_("fingerprint"), max_length=64)
     method = models.CharField(_("method"), max_length=16)
     path = models.TextField(_("path"))

@@ -3,19 +3,27 @@
 The fewest statements the guarantees need, in raw SQL. On PostgreSQL a first
 request costs a claim INSERT and a fenced completion that also inserts the
 response (one statement); a replay costs the conflicting INSERT, which writes
-nothing, and one read. On SQLite a replay is one read. The models keep serving
-migrations, the admin and the purge command.
+nothing, and one read. On SQLite, MariaDB and MySQL a replay is one read. The
+models keep serving migrations, the admin and the purge command.
+
+MariaDB and MySQL share one path (Django's ``mysql`` vendor), in SQL both accept:
+a plain INSERT whose duplicate-key error means "already claimed" (no ``RETURNING``,
+no ``ON CONFLICT``, no ``INSERT IGNORE``, which would turn a too-long value into a
+warning), the id from ``lastrowid``, and a locking read inside a transaction, where a
+REPEATABLE READ snapshot may predate the row.
 """
 
 from __future__ import annotations
 
 import json
+import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from django.db import connections, transaction
+from django.db import IntegrityError, NotSupportedError, OperationalError, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Field, Model
 
@@ -24,6 +32,26 @@ from idempotency.models import IdempotencyKey, IdempotencyResponse
 RUNNING: str = IdempotencyKey.State.RUNNING.value  # type: ignore[attr-defined]
 COMPLETED: str = IdempotencyKey.State.COMPLETED.value  # type: ignore[attr-defined]
 RELEASED: str = IdempotencyKey.State.RELEASED.value  # type: ignore[attr-defined]
+
+#: The ``connection.vendor`` values the store has SQL for (Django's own backends;
+#: ``mysql`` is MariaDB and MySQL). Anywhere else it runs no SQL at all.
+SUPPORTED_VENDORS = frozenset({"sqlite", "postgresql", "mysql"})
+
+#: MariaDB/MySQL error codes: a duplicate key, and an InnoDB deadlock, after which the
+#: server has rolled the whole transaction back.
+ER_DUP_ENTRY = 1062
+ER_LOCK_DEADLOCK = 1213
+#: Attempts at a statement that runs in its own transaction and lost a deadlock.
+DEADLOCK_ATTEMPTS = 4
+
+
+class UnsupportedDatabase(NotSupportedError):
+    """The store's database is not one the store has SQL for (check idempotency.E008)."""
+
+
+def _error_code(exc: BaseException) -> int | None:
+    code = exc.args[0] if exc.args else None
+    return code if isinstance(code, int) else None
 
 
 @dataclass(slots=True)
@@ -62,8 +90,12 @@ class Existing:
 @dataclass(frozen=True, slots=True)
 class _SQL:
     insert: str
+    #: The INSERT says whether it inserted (``RETURNING``); else a duplicate-key error does.
+    insert_returns: bool
     read_first: bool
     fetch: str
+    #: The read inside a transaction, where a plain read may see an old snapshot.
+    fetch_locking: str
     takeover: str
     drop_response: str
     complete: str
@@ -94,6 +126,12 @@ def column(model: type[Model], name: str, quote: Quote) -> str:
 
 
 def _build_sql(vendor: str, quote: Quote) -> _SQL:
+    if vendor not in SUPPORTED_VENDORS:
+        raise UnsupportedDatabase(
+            f"The idempotency store has no SQL for the {vendor!r} database vendor; it "
+            f"supports {', '.join(sorted(SUPPORTED_VENDORS))} (see idempotency.E008)."
+        )
+    mysql = vendor == "mysql"
     k = IdempotencyKey._meta
     r = IdempotencyResponse._meta
     kt, rt = quote(k.db_table), quote(r.db_table)
@@ -118,9 +156,10 @@ def _build_sql(vendor: str, quote: Quote) -> _SQL:
     insert = (
         f"INSERT INTO {kt} ({kscope}, {kkey}, {kfp}, {kmethod}, {kpath}, {kstate}, {kfence}, "
         f"{klease}, {kcreated}, {kexp}) "
-        f"VALUES (%s, %s, %s, %s, %s, '{RUNNING}', 1, %s, %s, %s) "
-        f"ON CONFLICT ({kscope}, {kkey}) DO NOTHING RETURNING {kid}"
+        f"VALUES (%s, %s, %s, %s, %s, '{RUNNING}', 1, %s, %s, %s)"
     )
+    if not mysql:
+        insert += f" ON CONFLICT ({kscope}, {kkey}) DO NOTHING RETURNING {kid}"
     # lease_live and expired are computed by the database against the caller's clock.
     existing_columns = (
         f"k.{kid}, k.{kfp}, k.{kstate}, k.{kfence}, "
@@ -129,6 +168,12 @@ def _build_sql(vendor: str, quote: Quote) -> _SQL:
     )
     existing_from = f"FROM {kt} k LEFT JOIN {rt} r ON r.{rkey} = k.{kid} WHERE k.{kscope} = %s AND k.{kkey} = %s"
     fetch = f"SELECT {existing_columns} {existing_from}"
+    # InnoDB under REPEATABLE READ: a plain read in a transaction sees the snapshot of
+    # its first read, which may predate a claim or completion that has since committed.
+    # A locking read sees the latest committed row (and holds a shared lock on it until
+    # the transaction ends, as a duplicate-key error does). READ COMMITTED would not
+    # need it; checking which level is in force would cost a query.
+    fetch_locking = f"{fetch} LOCK IN SHARE MODE" if mysql else fetch
     takeover = (
         f"UPDATE {kt} SET {kstate} = '{RUNNING}', {kfence} = {kfence} + 1, "
         f"{kfp} = %s, "
@@ -160,10 +205,16 @@ def _build_sql(vendor: str, quote: Quote) -> _SQL:
         f"UPDATE {kt} SET {kstate} = '{RELEASED}', {klease} = NULL "
         f"WHERE {kid} = %s AND {kfence} = %s AND {kstate} = '{RUNNING}'"
     )
+    # MariaDB/MySQL: Django's backend connects with CLIENT.FOUND_ROWS, so an UPDATE's
+    # row count is the rows it matched, not those it changed. Each fenced UPDATE here
+    # changes the state or the fence it matched on, so matched and changed are the same
+    # rows, and "rowcount == 1" means "this caller held the key" with or without the flag.
     return _SQL(
         insert=insert,
+        insert_returns=not mysql,
         read_first=vendor != "postgresql",
         fetch=fetch,
+        fetch_locking=fetch_locking,
         takeover=takeover,
         drop_response=drop_response,
         complete=complete,
@@ -221,6 +272,33 @@ class Store:
         conn = self.connection
         return conn, sql_for(conn, _build_sql)
 
+    def retrying(self, conn: BaseDatabaseWrapper, work: Callable[[], T]) -> T:
+        """``work()``, run again when InnoDB chose it as a deadlock's victim.
+
+        The server has then rolled back the transaction the statements ran in. When
+        that transaction was their own (autocommit, or a block opened by the store),
+        running them again is what the client would do, minus a round trip. Inside
+        the caller's transaction (``ATOMIC``, ``ATOMIC_REQUESTS``) it is gone with
+        whatever else it held: the error goes on, and the block is marked for
+        rollback so that Django does not commit what was run after it.
+        """
+        outer = conn.in_atomic_block
+        attempt = 1
+        while True:
+            try:
+                return work()
+            except OperationalError as exc:
+                if conn.vendor != "mysql" or _error_code(exc) != ER_LOCK_DEADLOCK:
+                    raise
+                if outer:
+                    transaction.set_rollback(True, using=self.alias)
+                    raise
+                if attempt >= DEADLOCK_ATTEMPTS:
+                    raise
+            # Apart, so that the same transactions do not meet again at once.
+            time.sleep(random.uniform(0.001, 0.005) * attempt)
+            attempt += 1
+
     def claim(
         self,
         *,
@@ -240,31 +318,60 @@ class Store:
         insert_params: list[Any] = [scope, key, fingerprint, method, path]
         insert_params += [ts(lease_until), ts(now), ts(expires_at)]
         fetch_params = [ts(now), ts(now), scope, key]
-        with conn.cursor() as cursor:
-            if sql.read_first:
-                # SQLite: an INSERT takes the database's single write lock even when it
-                # conflicts, so a replay reads first and never writes.
-                cursor.execute(sql.fetch, fetch_params)
-                row = cursor.fetchone()
+
+        def work() -> int | Existing | None:
+            # InnoDB inside a transaction: what a plain read finds is read again with a
+            # lock (see _build_sql). Only a row that is there: a locking read of a
+            # missing key would lock its gap in the index under REPEATABLE READ, and
+            # two requests holding that gap would deadlock on their INSERTs.
+            relock = conn.in_atomic_block and sql.fetch_locking != sql.fetch
+            with conn.cursor() as cursor:
+                row = None
+                if sql.read_first:
+                    # SQLite: an INSERT takes the database's single write lock even when
+                    # it conflicts, so a replay reads first and never writes. InnoDB: a
+                    # conflicting INSERT is an error and a lock; a read is neither.
+                    cursor.execute(sql.fetch, fetch_params)
+                    row = cursor.fetchone()
+                    if row is not None and not relock:
+                        return Existing.from_row(row)
                 if row is not None:
-                    return Existing.from_row(row)
-            # PostgreSQL: a first request (the common case) costs this one INSERT; a
-            # conflicting INSERT writes nothing, and a replay then costs one read more.
-            cursor.execute(sql.insert, insert_params)
-            row = cursor.fetchone()
-            if row is not None:
-                return int(row[0])
-            cursor.execute(sql.fetch, fetch_params)
-            row = cursor.fetchone()
-        return Existing.from_row(row) if row is not None else None
+                    pass  # read again below, with a lock
+                elif sql.insert_returns:
+                    # PostgreSQL: a first request (the common case) costs this one INSERT;
+                    # a conflicting INSERT writes nothing, and a replay then costs one read.
+                    cursor.execute(sql.insert, insert_params)
+                    row = cursor.fetchone()
+                    if row is not None:
+                        return int(row[0])
+                else:
+                    # MariaDB/MySQL: a duplicate key undoes only this statement, never
+                    # the transaction around it, so no savepoint is needed to go on.
+                    try:
+                        cursor.execute(sql.insert, insert_params)
+                    except IntegrityError as exc:
+                        if _error_code(exc) != ER_DUP_ENTRY:
+                            raise
+                    else:
+                        return int(cursor.lastrowid)
+                cursor.execute(sql.fetch_locking if relock else sql.fetch, fetch_params)
+                row = cursor.fetchone()
+            return Existing.from_row(row) if row is not None else None
+
+        return self.retrying(conn, work)
 
     def fetch(self, *, scope: str, key: str, now: datetime) -> Existing | None:
         conn, sql = self._prepare()
         ts = conn.ops.adapt_datetimefield_value
-        with conn.cursor() as cursor:
-            cursor.execute(sql.fetch, [ts(now), ts(now), scope, key])
-            row = cursor.fetchone()
-        return Existing.from_row(row) if row is not None else None
+
+        def work() -> Existing | None:
+            fetch = sql.fetch_locking if conn.in_atomic_block else sql.fetch
+            with conn.cursor() as cursor:
+                cursor.execute(fetch, [ts(now), ts(now), scope, key])
+                row = cursor.fetchone()
+            return Existing.from_row(row) if row is not None else None
+
+        return self.retrying(conn, work)
 
     def take_over(
         self,
@@ -282,18 +389,23 @@ class Store:
         ts = conn.ops.adapt_datetimefield_value
         params: list[Any] = [fingerprint, method, path, ts(lease_until), ts(now), ts(expires_at)]
         params += [existing.id, existing.fence, ts(now), ts(now)]
-        if existing.status is None:
-            with conn.cursor() as cursor:
+
+        def work() -> bool:
+            if existing.status is None:
+                with conn.cursor() as cursor:
+                    cursor.execute(sql.takeover, params)
+                    return bool(cursor.rowcount == 1)
+            # The old response goes in the same transaction: a crash between the two
+            # must not leave it attached to the running key, where it would block the
+            # new one.
+            with transaction.atomic(using=self.alias, savepoint=False), conn.cursor() as cursor:
                 cursor.execute(sql.takeover, params)
-                return bool(cursor.rowcount == 1)
-        # The old response goes in the same transaction: a crash between the two must
-        # not leave it attached to the running key, where it would block the new one.
-        with transaction.atomic(using=self.alias, savepoint=False), conn.cursor() as cursor:
-            cursor.execute(sql.takeover, params)
-            won = bool(cursor.rowcount == 1)
-            if won:
-                cursor.execute(sql.drop_response, [existing.id])
-        return won
+                won = bool(cursor.rowcount == 1)
+                if won:
+                    cursor.execute(sql.drop_response, [existing.id])
+            return won
+
+        return self.retrying(conn, work)
 
     def complete(
         self,
@@ -318,18 +430,28 @@ class Store:
             with conn.cursor() as cursor:
                 cursor.execute(sql.complete, params)
                 return bool(cursor.rowcount == 1)
-        # Inside the view's transaction this adds no savepoint; outside it, it makes one.
-        with transaction.atomic(using=self.alias, savepoint=False), conn.cursor() as cursor:
-            cursor.execute(sql.complete, key_params)
-            if cursor.rowcount != 1:
-                return False
-            cursor.execute(sql.complete_response, [key_id, status, headers_json, body])
-        return True
+        complete_response = sql.complete_response
+
+        def work() -> bool:
+            # Inside the view's transaction this adds no savepoint; outside it, it
+            # makes one.
+            with transaction.atomic(using=self.alias, savepoint=False), conn.cursor() as cursor:
+                cursor.execute(sql.complete, key_params)
+                if cursor.rowcount != 1:
+                    return False
+                cursor.execute(complete_response, [key_id, status, headers_json, body])
+            return True
+
+        return self.retrying(conn, work)
 
     def release(self, key_id: int, fence: int) -> bool:
         """Free a running key with nothing stored. It keeps its fingerprint and expiry:
         a retry takes it over, another request under the key is a mismatch."""
         conn, sql = self._prepare()
-        with conn.cursor() as cursor:
-            cursor.execute(sql.release, [key_id, fence])
-            return bool(cursor.rowcount == 1)
+
+        def work() -> bool:
+            with conn.cursor() as cursor:
+                cursor.execute(sql.release, [key_id, fence])
+                return bool(cursor.rowcount == 1)
+
+        return self.retrying(conn, work)

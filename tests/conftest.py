@@ -1,10 +1,11 @@
 """Shared pytest configuration.
 
 The database comes from ``DATABASE_URL`` (read by ``testproject/settings.py``;
-SQLite when unset). For PostgreSQL the server is probed once at start-up: when
-it cannot be reached, every test is skipped with the reason instead of failing
-one by one. Tests marked ``@pytest.mark.postgres`` are skipped on other
-backends. The stress suite (``tests/stress``) is collected only with ``--stress``.
+SQLite when unset). For PostgreSQL, MariaDB and MySQL the server is probed once at
+start-up: when it cannot be reached, every test is skipped with the reason instead
+of failing one by one. Tests marked ``@pytest.mark.postgres`` or
+``@pytest.mark.mysql`` (MariaDB or MySQL) are skipped on other backends. The stress
+suite (``tests/stress``) is collected only with ``--stress``.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ import pytest
 STRESS_DIR = Path(__file__).resolve().parent / "stress"
 
 POSTGRES_ENGINES = ("django.db.backends.postgresql",)
+MYSQL_ENGINES = ("django.db.backends.mysql",)
 PROBE_TIMEOUT = 3  # seconds
 
-# Set in pytest_configure: why the configured PostgreSQL server cannot be used.
-_postgres_unreachable: str | None = None
+# Set in pytest_configure: why the configured database server cannot be used.
+_server_unreachable: str | None = None
 
 
 def _default_database() -> dict[str, Any]:
@@ -35,9 +37,13 @@ def _is_postgres(db: dict[str, Any]) -> bool:
     return db.get("ENGINE", "").startswith(POSTGRES_ENGINES)
 
 
+def _is_mysql(db: dict[str, Any]) -> bool:
+    return db.get("ENGINE", "").startswith(MYSQL_ENGINES)
+
+
 def _address(db: dict[str, Any]) -> str:
     host = db.get("HOST") or "localhost"
-    return f"{host}:{db.get('PORT') or 5432}"
+    return f"{host}:{db.get('PORT') or (3306 if _is_mysql(db) else 5432)}"
 
 
 def _probe_postgres(db: dict[str, Any]) -> str | None:
@@ -69,6 +75,28 @@ def _probe_postgres(db: dict[str, Any]) -> str | None:
     return message.rsplit("failed: ", 1)[-1] or type(error).__name__
 
 
+def _probe_mysql(db: dict[str, Any]) -> str | None:
+    """Return None when the MariaDB/MySQL server accepts a connection, else the error."""
+    try:
+        import MySQLdb
+    except ImportError as exc:
+        return f"mysqlclient is not installed: {exc}"
+    params: dict[str, Any] = {
+        "host": db.get("HOST") or None,
+        "port": int(db["PORT"]) if db.get("PORT") else None,
+        "user": db.get("USER") or None,
+        "password": db.get("PASSWORD") or None,
+        "connect_timeout": PROBE_TIMEOUT,
+    }
+    params = {k: v for k, v in params.items() if v is not None}
+    # Without a database: Django creates the test database itself.
+    try:
+        MySQLdb.connect(**params).close()
+    except MySQLdb.Error as exc:
+        return str(exc.args[1]) if len(exc.args) > 1 else type(exc).__name__
+    return None
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--stress",
@@ -78,23 +106,33 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    global _postgres_unreachable
+    global _server_unreachable
     db = _default_database()
     if _is_postgres(db):
         error = _probe_postgres(db)
         if error is not None:
-            _postgres_unreachable = (
+            _server_unreachable = (
                 f"PostgreSQL not reachable at {_address(db)} ({error}); "
                 "start one with scripts/pg or use the sqlite envs"
+            )
+    elif _is_mysql(db):
+        error = _probe_mysql(db)
+        if error is not None:
+            _server_unreachable = (
+                f"MariaDB/MySQL not reachable at {_address(db)} ({error}); "
+                "start one with scripts/mariadb or use the sqlite envs"
             )
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     db = _default_database()
     engine = db.get("ENGINE", "?").rsplit(".", 1)[-1]
-    if _is_postgres(db):
+    if _is_postgres(db) or _is_mysql(db):
         where = f"{_address(db)}/{db.get('NAME')}"
-        state = "unreachable, every test is skipped" if _postgres_unreachable else "reachable"
+        state = "unreachable, every test is skipped" if _server_unreachable else "reachable"
+        isolation = db.get("OPTIONS", {}).get("isolation_level")
+        if isolation:
+            state += f", isolation level {isolation}"
         return [f"database: {engine} at {where} ({state})"]
     test_name = db.get("TEST", {}).get("NAME")
     if engine == "sqlite3" and not test_name:
@@ -108,27 +146,34 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if stress:
             config.hook.pytest_deselected(items=stress)
             items[:] = [item for item in items if STRESS_DIR not in item.path.parents]
-    if _postgres_unreachable:
-        skip_all = pytest.mark.skip(reason=_postgres_unreachable)
+    if _server_unreachable:
+        skip_all = pytest.mark.skip(reason=_server_unreachable)
         for item in items:
             item.add_marker(skip_all)
         return
     db = _default_database()
+    engine = db.get("ENGINE", "?").rsplit(".", 1)[-1]
+    skips = []
     if not _is_postgres(db):
-        engine = db.get("ENGINE", "?").rsplit(".", 1)[-1]
-        skip_pg = pytest.mark.skip(
-            reason=f"needs PostgreSQL, the database is {engine}; run a *-postgres tox env"
+        skips.append(
+            ("postgres", f"needs PostgreSQL, the database is {engine}; run a *-postgres tox env")
         )
+    if not _is_mysql(db):
+        skips.append(
+            ("mysql", f"needs MariaDB or MySQL, the database is {engine}; run a *-mariadb tox env")
+        )
+    for marker, reason in skips:
+        skip = pytest.mark.skip(reason=reason)
         for item in items:
-            if item.get_closest_marker("postgres"):
-                item.add_marker(skip_pg)
+            if item.get_closest_marker(marker):
+                item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
 def django_db_modify_db_settings_tox_suffix() -> None:
     """Give each tox env its own test database.
 
-    Parallel tox envs share one PostgreSQL server; with the same test database
+    Parallel tox envs share one PostgreSQL (or MariaDB) server; with the same test database
     name they would drop each other's database. (pytest-django's own version
     of this fixture reads TOX_PARALLEL_ENV, which tox 4 no longer sets.)
     """

@@ -495,6 +495,34 @@ def test_check_command_warns_w006() -> None:
         )
 
 
+def test_a_database_of_a_supported_vendor_passes() -> None:
+    assert checks.check_database_vendor() == []
+
+
+@pytest.mark.parametrize("vendor", ["oracle", "microsoft", "cockroachdb"])
+def test_a_database_of_another_vendor_is_e008(monkeypatch: pytest.MonkeyPatch, vendor: str) -> None:
+    from django.db import connection
+
+    monkeypatch.setattr(connection, "vendor", vendor)
+    messages = checks.check_database_vendor()
+    assert ids(messages) == [("idempotency.E008", ERROR)]
+    engine = settings.DATABASES["default"]["ENGINE"]
+    assert messages[0].msg.startswith(
+        f"The idempotency store's database 'default' is {vendor!r} ({engine}), which the "
+        "store has no SQL for"
+    )
+
+
+@pytest.mark.django_db
+def test_check_command_fails_on_e008(monkeypatch: pytest.MonkeyPatch) -> None:
+    from django.db import connection
+
+    monkeypatch.setattr(connection, "vendor", "oracle")
+    assert "?: (idempotency.E008) The idempotency store's database 'default' is 'oracle'" in (
+        check_fails()
+    )
+
+
 # ---------------------------------------------------------------- TTL and LOCK_TIMEOUT
 
 

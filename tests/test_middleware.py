@@ -394,6 +394,26 @@ def test_retry_replays_without_running_the_view(send: Send, view: str) -> None:
     assert IdempotencyKey.objects.count() == 1
 
 
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [("Key", "key"), ('"k "', "k"), ('"k  "', '"k "')],
+    ids=["case", "trailing-space", "more-trailing-spaces"],
+)
+def test_keys_that_differ_in_case_or_trailing_spaces_are_two_operations(
+    send: Send, first: str, second: str
+) -> None:
+    """Byte for byte on every database, also where the server's default collation is
+    case-insensitive and pads spaces (the tests' MariaDB database is created with it)."""
+    one = send("POST", "/sync/", headers=idem(first))
+    two = send("POST", "/sync/", headers=idem(second))
+    again = send("POST", "/sync/", headers=idem(first))
+
+    assert_fresh(one, 201, call=1)
+    assert_fresh(two, 201, call=2)
+    assert_replay_of(again, one)
+    assert IdempotencyKey.objects.count() == 2
+
+
 @pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE"])
 def test_every_default_method_is_protected(send: Send, method: str) -> None:
     key = new_key()

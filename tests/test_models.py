@@ -46,3 +46,28 @@ def test_response_goes_with_its_key() -> None:
     assert str(key.response) == f"201 for {key.pk}"
     key.delete()
     assert IdempotencyResponse.objects.count() == 0
+
+
+# Differ only in letter case, in trailing spaces, or in accents: two operations each,
+# also on a MariaDB/MySQL server whose default collation (the test database is created
+# with it) is case- and accent-insensitive and pads spaces.
+NEAR_TWINS = [("Key", "key"), ("k ", "k"), ("k", "k  "), ("é", "e"), ("ß", "ss")]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("first", "second"), NEAR_TWINS)
+def test_keys_compare_byte_for_byte(first: str, second: str) -> None:
+    _key(key=first)
+    _key(key=second)
+    assert sorted(IdempotencyKey.objects.values_list("key", flat=True)) == sorted([first, second])
+    assert IdempotencyKey.objects.get(key=first).key == first
+    assert IdempotencyKey.objects.get(key=second).key == second
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("first", "second"), NEAR_TWINS)
+def test_scopes_compare_byte_for_byte(first: str, second: str) -> None:
+    _key(scope=first)
+    _key(scope=second)
+    assert IdempotencyKey.objects.filter(key="k").count() == 2
+    assert IdempotencyKey.objects.get(scope=first).scope == first

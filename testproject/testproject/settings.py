@@ -3,7 +3,10 @@
 Read from the environment with django-environ:
 
 - ``DATABASE_URL``: default ``sqlite:///<this directory's parent>/db.sqlite3``;
-  for PostgreSQL e.g. ``postgres://user:password@localhost:5432/idempotency``.
+  for PostgreSQL e.g. ``postgres://user:password@localhost:5432/idempotency``, for
+  MariaDB or MySQL ``mysql://user:password@localhost:3306/idempotency``.
+- ``DATABASE_ISOLATION_LEVEL``: MariaDB/MySQL only, the ``isolation_level`` option
+  (e.g. ``repeatable read``); default Django's, ``read committed``.
 - ``SECRET_KEY``: required unless ``DEBUG`` is on.
 - ``DEBUG``: default True.
 - ``ALLOWED_HOSTS``: comma-separated, default ``localhost,127.0.0.1,testserver``.
@@ -100,6 +103,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         DATABASES["default"].setdefault("TEST", {}).setdefault(
             "NAME", str(_sqlite_path.with_name(f"test_{_sqlite_path.name}"))
         )
+
+if DATABASES["default"]["ENGINE"] == "django.db.backends.mysql":
+    _isolation_level: str = env.str("DATABASE_ISOLATION_LEVEL", default="")
+    if _isolation_level:
+        DATABASES["default"].setdefault("OPTIONS", {})["isolation_level"] = _isolation_level
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

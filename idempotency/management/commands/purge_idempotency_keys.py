@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from idempotency.conf import idempotency_settings
 from idempotency.models import IdempotencyKey, IdempotencyResponse
-from idempotency.store import RUNNING, Quote, sql_for
+from idempotency.store import RUNNING, Quote, Store, sql_for
 from idempotency.store import column as store_column
 
 DEFAULT_BATCH_SIZE = 1000
@@ -151,16 +151,22 @@ def delete_batch(alias: str, ids: Sequence[int], now: datetime) -> tuple[int, in
     # Stay under the backend's limit on query parameters (999 for SQLite).
     limit = conn.features.max_query_params
     chunk_size = len(ids) if limit is None else max(limit - 2, 1)
-    keys = responses = 0
-    with transaction.atomic(using=alias), conn.cursor() as cursor:
-        for chunk in _chunks(ids, chunk_size):
-            marks = ", ".join(["%s"] * len(chunk))
-            params = [*chunk, when, when]
-            cursor.execute(sql.delete_responses.format(marks=marks), params)
-            responses += cursor.rowcount
-            cursor.execute(sql.delete_keys.format(marks=marks), params)
-            keys += cursor.rowcount
-    return keys, responses
+
+    def work() -> tuple[int, int]:
+        keys = responses = 0
+        with transaction.atomic(using=alias), conn.cursor() as cursor:
+            for chunk in _chunks(ids, chunk_size):
+                marks = ", ".join(["%s"] * len(chunk))
+                params = [*chunk, when, when]
+                cursor.execute(sql.delete_responses.format(marks=marks), params)
+                responses += cursor.rowcount
+                cursor.execute(sql.delete_keys.format(marks=marks), params)
+                keys += cursor.rowcount
+        return keys, responses
+
+    # InnoDB may end a batch as a deadlock's victim (against a takeover of one of its
+    # keys); the batch is its own transaction, so it is simply run again.
+    return Store(alias).retrying(conn, work)
 
 
 def _positive_int(value: str) -> int:

@@ -1,0 +1,284 @@
+"""The store against each vendor's limits: bodies of several MiB, MariaDB's
+``max_allowed_packet``, InnoDB deadlocks."""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import Group
+from django.db import OperationalError, connection, connections, transaction
+from django.http import HttpRequest, HttpResponse
+from django.test import Client, override_settings
+from django.urls import path
+from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
+
+from idempotency import store as store_module
+from idempotency.models import IdempotencyKey, IdempotencyResponse
+
+pytestmark = [pytest.mark.urls(__name__), pytest.mark.django_db(transaction=True)]
+
+MIB = 1024 * 1024
+KEYS_TABLE = IdempotencyKey._meta.db_table
+RESPONSES_TABLE = IdempotencyResponse._meta.db_table
+
+
+@csrf_exempt
+def large(request: HttpRequest) -> HttpResponse:
+    """Writes a row, answers ``X-Size`` random bytes (no compression can shrink them)."""
+    Group.objects.create(name=uuid.uuid4().hex)
+    return HttpResponse(
+        os.urandom(int(request.headers["X-Size"])),
+        status=201,
+        content_type="application/octet-stream",
+    )
+
+
+urlpatterns = [path("large/", large)]
+
+
+def _post(key: str, size: int) -> Any:
+    return Client().post(
+        "/large/",
+        b"{}",
+        content_type="application/json",
+        headers={"Idempotency-Key": key, "X-Size": str(size)},
+    )
+
+
+def _max_allowed_packet() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT @@max_allowed_packet")
+        row = cursor.fetchone()
+    return int(row[0])
+
+
+def test_a_body_of_several_mib_is_stored_and_replayed() -> None:
+    key = str(uuid.uuid4())
+    first = _post(key, 6 * MIB)
+    replay = _post(key, 6 * MIB)
+
+    assert first.status_code == 201
+    assert replay["Idempotent-Replayed"] == "true"
+    assert replay.content == first.content
+    assert bytes(IdempotencyResponse.objects.get().body) == first.content
+    assert Group.objects.count() == 1
+
+
+@pytest.mark.mysql
+def test_a_body_past_max_allowed_packet_is_a_503_and_nothing_is_kept() -> None:
+    key = str(uuid.uuid4())
+    first = _post(key, _max_allowed_packet() + MIB)
+
+    assert first.status_code == 503
+    assert first.json()["code"] == "idempotency_store_unavailable"
+    # Not half stored: the key is free again, without a response, and the view's row
+    # went with the rolled-back transaction.
+    assert list(IdempotencyKey.objects.values_list("state", flat=True)) == ["released"]
+    assert IdempotencyResponse.objects.count() == 0
+    assert Group.objects.count() == 0
+    # The connection still works, and a retry runs the view (a smaller answer fits).
+    retry = _post(key, 1024)
+    assert retry.status_code == 201
+    assert "Idempotent-Replayed" not in retry
+    assert Group.objects.count() == 1
+
+
+@pytest.mark.mysql
+def test_a_body_past_max_allowed_packet_without_atomic_is_sent_unstored() -> None:
+    key = str(uuid.uuid4())
+    with override_settings(IDEMPOTENCY={"ATOMIC": False}):
+        first = _post(key, _max_allowed_packet() + MIB)
+        retry = _post(key, 1024)
+
+    # The view's write stands and cannot be undone: its answer goes out, the key stays
+    # held until its lease ends, so that a retry cannot run the operation twice.
+    assert first.status_code == 201
+    assert list(IdempotencyKey.objects.values_list("state", flat=True)) == ["running"]
+    assert IdempotencyResponse.objects.count() == 0
+    assert retry.status_code == 409
+    assert retry.json()["code"] == "idempotency_key_locked"
+    assert Group.objects.count() == 1
+
+
+# ---------------------------------------------------------------- InnoDB deadlocks
+
+
+def _deadlock() -> OperationalError:
+    return OperationalError(store_module.ER_LOCK_DEADLOCK, "Deadlock found when trying to get lock")
+
+
+@contextmanager
+def deadlocks(statement: str, table: str, times: int) -> Iterator[list[str]]:
+    """The first ``times`` statements starting ``statement`` on ``table`` lose a deadlock."""
+    seen: list[str] = []
+
+    def wrapper(execute: Callable[..., Any], sql: str, params: Any, many: bool, ctx: Any) -> Any:
+        if sql.startswith(statement) and connection.ops.quote_name(table) in sql:
+            seen.append(sql)
+            if len(seen) <= times:
+                raise _deadlock()
+        return execute(sql, params, many, ctx)
+
+    with connection.execute_wrapper(wrapper):
+        yield seen
+
+
+@pytest.mark.mysql
+def test_a_claim_that_loses_a_deadlock_is_run_again() -> None:
+    key = str(uuid.uuid4())
+    with deadlocks("INSERT", KEYS_TABLE, times=2) as seen:
+        response = _post(key, 10)
+    assert response.status_code == 201
+    assert len(seen) == 3
+    assert IdempotencyKey.objects.get().state == "completed"
+
+
+@pytest.mark.mysql
+def test_a_claim_that_keeps_losing_deadlocks_is_a_503() -> None:
+    with deadlocks("INSERT", KEYS_TABLE, times=99) as seen:
+        response = _post(str(uuid.uuid4()), 10)
+    assert response.status_code == 503
+    assert response.json()["code"] == "idempotency_store_unavailable"
+    assert len(seen) == store_module.DEADLOCK_ATTEMPTS
+    assert Group.objects.count() == 0
+
+
+@pytest.mark.mysql
+def test_a_completion_in_the_views_transaction_is_not_run_again() -> None:
+    # ATOMIC: the deadlock rolled back the view's writes with it; running the UPDATE
+    # again would store a response whose writes are gone.
+    key = str(uuid.uuid4())
+    with deadlocks("UPDATE", KEYS_TABLE, times=1) as seen:
+        response = _post(key, 10)
+    assert response.status_code == 503
+    assert len(seen) == 2  # the completion, then the release
+    assert Group.objects.count() == 0
+    assert IdempotencyKey.objects.get().state == "released"
+
+
+@pytest.mark.mysql
+def test_a_completion_in_its_own_transaction_is_run_again() -> None:
+    key = str(uuid.uuid4())
+    with (
+        override_settings(IDEMPOTENCY={"ATOMIC": False}),
+        deadlocks("INSERT", RESPONSES_TABLE, times=1) as seen,
+    ):
+        response = _post(key, 10)
+    assert response.status_code == 201
+    assert len(seen) == 2
+    assert bytes(IdempotencyResponse.objects.get().body) == response.content
+
+
+@pytest.mark.mysql
+def test_a_deadlock_inside_the_callers_transaction_marks_it_for_rollback() -> None:
+    store = store_module.Store("default")
+    calls: list[int] = []
+
+    def work() -> None:
+        calls.append(1)
+        raise _deadlock()
+
+    with transaction.atomic():
+        with pytest.raises(OperationalError):
+            store.retrying(connection, work)
+        assert transaction.get_rollback()
+    assert calls == [1]
+
+
+@pytest.mark.mysql
+def test_other_errors_are_not_run_again() -> None:
+    store = store_module.Store("default")
+    calls: list[int] = []
+
+    def work() -> None:
+        calls.append(1)
+        raise OperationalError(1205, "Lock wait timeout exceeded")
+
+    with pytest.raises(OperationalError):
+        store.retrying(connection, work)
+    assert calls == [1]
+
+
+# ---------------------------------------------------------------- REPEATABLE READ snapshots
+
+
+def _claim_args(key: str) -> dict[str, Any]:
+    now = timezone.now()
+    return {
+        "scope": "anonymous",
+        "key": key,
+        "fingerprint": "f" * 64,
+        "method": "POST",
+        "path": "/large/",
+        "now": now,
+        "lease_until": now + timedelta(seconds=60),
+        "expires_at": now + timedelta(days=1),
+    }
+
+
+def _in_another_connection(work: Callable[[], None]) -> None:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(timeout=30)
+    assert errors == []
+
+
+@pytest.mark.mysql
+@pytest.mark.parametrize("seen_running", [False, True], ids=["unseen", "seen-running"])
+def test_a_claim_inside_an_old_snapshot_finds_the_latest_row(seen_running: bool) -> None:
+    """REPEATABLE READ: the request's transaction began before another request
+    completed the key (ATOMIC_REQUESTS, a request made from an atomic view)."""
+    key = str(uuid.uuid4())
+    store = store_module.Store("default")
+    other = store_module.Store("default")
+    claimed: list[int] = []
+
+    def claim_elsewhere() -> None:
+        found = other.claim(**_claim_args(key))
+        assert isinstance(found, int)
+        claimed.append(found)
+
+    def complete_elsewhere() -> None:
+        now = timezone.now()
+        assert other.complete(
+            claimed[0],
+            1,
+            now=now,
+            expires_at=now + timedelta(days=1),
+            status=201,
+            headers=[],
+            body=b"done",
+        )
+
+    if seen_running:
+        _in_another_connection(claim_elsewhere)
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        # The transaction's snapshot: taken by its first read, before the completion.
+        assert IdempotencyKey.objects.filter(key=key).count() == int(seen_running)
+        if not seen_running:
+            _in_another_connection(claim_elsewhere)
+        _in_another_connection(complete_elsewhere)
+        found = store.claim(**_claim_args(key))
+
+    assert isinstance(found, store_module.Existing)
+    assert (found.state, found.status, found.body) == ("completed", 201, b"done")
