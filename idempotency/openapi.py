@@ -53,12 +53,45 @@ __all__ = [
     "IdempotencySchemaMixin",
     "IdempotencyViewExtension",
     "idempotency_key_parameter",
+    "key_pattern",
 ]
 
 #: Name of the problem details schema in ``components/schemas``.
 PROBLEM_COMPONENT = "IdempotencyProblem"
 
-_KEY_SCHEMA: dict[str, Any] = {"type": "string", "minLength": 1}
+# Character classes of idempotency.keys.parse_header, in \xNN escapes so that the
+# pattern reads the same in ECMA-262 (with or without the u flag) and in Python.
+_BARE_FIRST = r"[\x21\x23-\x2B\x2D-\x7E]"  # no space, quote or comma
+_BARE_INNER = r"[\x20-\x2B\x2D-\x7E]"  # no comma
+_BARE_LAST = r"[\x21-\x2B\x2D-\x7E]"  # no space or comma
+_QUOTED_CHAR = r"(?:[\x20\x21\x23-\x5B\x5D-\x7E]|\x5C[\x22\x5C])"  # or \" and \\
+
+
+def key_pattern(max_length: int) -> str:
+    """The regular expression a header value matches when ``parse_header`` accepts it.
+
+    A bare token of 1 to ``max_length`` printable ASCII characters without a
+    comma, that neither starts with ``"`` nor starts or ends with a space; or an
+    sf-string, ``"..."``, whose unescaped key is 1 to ``max_length`` characters.
+    HTTP strips the spaces around a field value (RFC 9110, section 5.5), so those
+    the parser would strip too are left out.
+    """
+    bare = _BARE_FIRST
+    if max_length > 1:
+        bare += f"(?:{_BARE_INNER}{{0,{max_length - 2}}}{_BARE_LAST})?"
+    return f'^(?:{bare}|"{_QUOTED_CHAR}{{1,{max_length}}}")$'
+
+
+def _key_schema(settings: Resolved) -> dict[str, Any]:
+    # maxLength bounds the field value: a quoted key whose characters are all
+    # escaped takes two characters each, plus the quotes.
+    return {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 2 * settings.max_key_length + 2,
+        "pattern": key_pattern(settings.max_key_length),
+    }
+
 
 _CODE_DESCRIPTIONS = {
     "idempotency_key_missing": "the request has no key and this operation requires one",
@@ -85,7 +118,9 @@ def _key_description(settings: Resolved) -> str:
         "Makes the request safe to retry. A retry with the same key and the same request "
         f"gets the first response again, with `{REPLAYED_HEADER}: true`, instead of "
         "running twice. Send a new random value (a UUID) for each new operation. At most "
-        f"{settings.max_key_length} printable ASCII characters."
+        f"{settings.max_key_length} printable ASCII characters, without a comma; or "
+        'those characters as an RFC 9651 string: in double quotes, `"` written `\\"` '
+        "and `\\` written `\\\\`, commas allowed."
     )
 
 
@@ -100,7 +135,7 @@ def idempotency_key_parameter(*, required: bool | None = None) -> OpenApiParamet
     settings = idempotency_settings.get()
     return OpenApiParameter(
         name=settings.header,
-        type=dict(_KEY_SCHEMA),
+        type=_key_schema(settings),
         location=OpenApiParameter.HEADER,
         required=settings.required if required is None else required,
         description=_key_description(settings),
@@ -227,6 +262,13 @@ def _status_order(item: tuple[str, Any]) -> tuple[int, str]:
     return (int(status), "") if status.isdigit() else (1000, status)
 
 
+def _covering(responses: dict[str, Any], status: int) -> dict[str, Any] | None:
+    """The response the operation gives for ``status`` without an exact entry:
+    its range (``4XX``), else ``default``."""
+    found: dict[str, Any] | None = responses.get(f"{status // 100}XX", responses.get("default"))
+    return found
+
+
 def _handler_name(view: Any, method: str) -> str:
     """The name of the method that handles ``method``: a viewset's action, else the
     method's own handler."""
@@ -276,7 +318,7 @@ class IdempotencySchemaMixin(_SchemaBase):
                     operation,
                     build_parameter_type(
                         name=settings.header,
-                        schema=dict(_KEY_SCHEMA),
+                        schema=_key_schema(settings),
                         location=OpenApiParameter.HEADER,
                         required=required,
                         description=_key_description(settings),
@@ -296,8 +338,25 @@ class IdempotencySchemaMixin(_SchemaBase):
         ref = _problem_ref(registry)
         for status_code, codes in _problem_codes(settings, required).items():
             ours = _problem_response(status_code, codes, ref)
-            existing = responses.setdefault(str(status_code), ours)
-            if existing is ours or "$ref" in existing:
+            existing = responses.get(str(status_code))
+            if existing is None:
+                covering = _covering(responses, status_code)
+                if covering is None:
+                    responses[str(status_code)] = ours
+                    continue
+                if "$ref" in covering:
+                    # An exact status would take the shared response's place.
+                    continue
+                # An exact status takes precedence over 4XX or default: it keeps
+                # what they say and adds ours.
+                existing = copy.deepcopy(covering)
+                existing["description"] = " ".join(
+                    filter(None, [covering.get("description", ""), ours["description"]])
+                )
+                if status_code not in settings.non_storable:
+                    existing.setdefault("headers", {})[REPLAYED_HEADER] = _replayed_header()
+                responses[str(status_code)] = existing
+            if "$ref" in existing:
                 continue
             existing.setdefault("content", {}).setdefault(
                 CONTENT_TYPE, ours["content"][CONTENT_TYPE]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -19,6 +20,7 @@ import pytest
 
 pytest.importorskip("drf_spectacular")
 
+import jsonschema
 import yaml
 from django.core.management import call_command
 from django.test import Client
@@ -35,6 +37,9 @@ from drf_spectacular.utils import (
     extend_schema_view,
 )
 from drf_spectacular.validation import validate_schema
+from hypothesis import HealthCheck, example, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from rest_framework import generics, serializers, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
@@ -42,14 +47,16 @@ from rest_framework.response import Response
 from rest_framework.routers import SimpleRouter
 from rest_framework.views import APIView
 from shop.models import Order
-from shop.serializers import OrderSerializer
+from shop.serializers import AMOUNT_PATTERN, ITEM_PATTERN, OrderSerializer
 
 from idempotency.decorators import idempotency_exempt
+from idempotency.keys import InvalidKey, parse_header
 from idempotency.openapi import (
     PROBLEM_COMPONENT,
     IdempotencySchemaMixin,
     IdempotencyViewExtension,
     idempotency_key_parameter,
+    key_pattern,
 )
 from idempotency.rest_framework import IdempotencyMixin
 
@@ -59,6 +66,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PROBLEM = "application/problem+json"
 KEY = "Idempotency-Key"
 REPLAYED = "Idempotent-Replayed"
+#: The testproject's patterns as Python reads them (``\\u0000`` is NUL in both).
+ORDER_PATTERNS = {"item": ITEM_PATTERN, "amount": AMOUNT_PATTERN}
 ALL_CODES = [
     "idempotency_key_missing",
     "idempotency_key_invalid",
@@ -120,6 +129,18 @@ class DeclaredView(IdempotencyMixin, APIView):
             429: OpenApiResponse(description="Slow down."),
         },
         parameters=[OpenApiParameter("X-Request-Id", str, OpenApiParameter.HEADER)],
+    )
+    def post(self, request: Request) -> Response:
+        return Response(status=201)
+
+
+class RangeView(IdempotencyMixin, APIView):
+    @extend_schema(
+        request=OrderSerializer,
+        responses={
+            201: OrderSerializer,
+            "4XX": OpenApiResponse(ValidationErrorSerializer, description="Client error."),
+        },
     )
     def post(self, request: Request) -> Response:
         return Response(status=201)
@@ -287,6 +308,7 @@ urlpatterns = [
     path("", include(router.urls)),
     path("exempt/", ExemptView.as_view()),
     path("declared/", DeclaredView.as_view()),
+    path("range/", RangeView.as_view()),
     path("own-schema/", OwnSchemaView.as_view()),
     path("key-from-body/", KeyFromBodyView.as_view()),
     path("own-key-parameter/", OwnKeyParameterView.as_view()),
@@ -349,7 +371,12 @@ def test_key_header_on_unsafe_operations_optional_by_default() -> None:
     ]:
         parameter = key_parameter(operation(schema, url, method))
         assert parameter is not None, (url, method)
-        assert parameter["schema"] == {"type": "string", "minLength": 1}
+        assert parameter["schema"] == {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 512,
+            "pattern": key_pattern(255),
+        }
         assert not parameter.get("required", False), (url, method)
         assert "safe to retry" in parameter["description"]
 
@@ -391,6 +418,10 @@ def test_header_setting_names_the_parameter(settings: Any) -> None:
     parameter = key_parameter(op, "X-Retry-Key")
     assert parameter is not None
     assert "At most 64 printable ASCII characters" in parameter["description"]
+    assert parameter["schema"]["maxLength"] == 130
+    assert parameter["schema"]["pattern"] == key_pattern(64)
+    assert matches(parameter["schema"], "k" * 64)
+    assert not matches(parameter["schema"], "k" * 65)
 
 
 def test_methods_setting(settings: Any) -> None:
@@ -431,6 +462,121 @@ def test_own_key_parameter_is_not_doubled() -> None:
     op = operation(generate(), "/own-key-parameter/", "post")
     parameter = key_parameter(op)  # asserts there is at most one
     assert parameter is not None and parameter["required"] is True
+
+
+# -- what the key header accepts --------------------------------------------------------
+
+#: Printable ASCII, with the characters the parser treats specially drawn more often.
+PRINTABLE = st.one_of(
+    st.sampled_from(' ",\\;k'), st.characters(min_codepoint=0x20, max_codepoint=0x7E)
+)
+
+
+def key_schema(max_length: int) -> dict[str, Any]:
+    parameter = idempotency_key_parameter().type
+    assert isinstance(parameter, dict)
+    assert parameter["pattern"] == key_pattern(max_length)
+    return parameter
+
+
+def matches(schema: dict[str, Any], value: Any) -> bool:
+    try:
+        jsonschema.validate(value, schema)
+    except jsonschema.ValidationError:
+        return False
+    return True
+
+
+def accepts(value: str, max_length: int) -> bool:
+    try:
+        parse_header(value, max_length)
+    except InvalidKey:
+        return False
+    return True
+
+
+@hypothesis_settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.from_regex(key_pattern(8), fullmatch=True))
+def test_values_of_the_pattern_are_accepted(value: str) -> None:
+    key = parse_header(value, 8)
+    assert 1 <= len(key) <= 8
+    assert len(value) <= 2 * 8 + 2
+
+
+@hypothesis_settings(
+    max_examples=200,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(st.from_regex(key_pattern(255), fullmatch=True))
+def test_values_of_the_default_schema_are_accepted(value: str) -> None:
+    assert matches(key_schema(255), value)
+    assert 1 <= len(parse_header(value, 255)) <= 255
+
+
+@hypothesis_settings(max_examples=1000, deadline=None, derandomize=True)
+@given(st.text(PRINTABLE, min_size=0, max_size=22))
+@example('"' + "\\\\" * 8 + '"')
+@example('"' + "k" * 9 + '"')
+@example("k" * 9)
+@example('"a\\"')
+@example('a"b')
+def test_the_pattern_is_the_parser(value: str) -> None:
+    """Without the spaces HTTP strips around a field value, the pattern and
+    parse_header agree on every printable ASCII value."""
+    pattern = re.compile(key_pattern(8))
+    if pattern.fullmatch(value):
+        assert accepts(value, 8), value
+    if value == value.strip(" "):
+        assert bool(pattern.fullmatch(value)) == accepts(value, 8), value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "a,b",
+        "a, b",
+        '"a", "b"',
+        "cl\u00e9",
+        '"cl\u00e9"',
+        "k" * 256,
+        '"' + "k" * 256 + '"',
+        '"' + "\\\\" * 256 + '"',
+        '""',
+        '"abc',
+        '"a\\"',
+        '"a\\b"',
+        '"a"b',
+        '"a";p=1',
+        "a\tb",
+        "a\x7fb",
+        "a\nb",
+    ],
+)
+def test_refused_values_do_not_match(value: str) -> None:
+    assert not accepts(value, 255)
+    assert not matches(key_schema(255), value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["k", "k" * 255, 'a"b', "a b", '"a,b"', '"a\\"b"', '" "', '"' + "\\\\" * 255 + '"'],
+)
+def test_accepted_values_match(value: str) -> None:
+    assert accepts(value, 255)
+    assert matches(key_schema(255), value)
+
+
+def test_a_key_of_one_character(settings: Any) -> None:
+    settings.IDEMPOTENCY = {"MAX_KEY_LENGTH": 1}
+    schema = key_schema(1)
+    assert schema["maxLength"] == 4
+    for value in ("k", '"k"', '","', '"\\\\"'):
+        assert accepts(value, 1) and matches(schema, value), value
+    for value in ("kk", '"kk"', '"', ","):
+        assert not accepts(value, 1) and not matches(schema, value), value
 
 
 # -- problem responses ------------------------------------------------------------------
@@ -529,6 +675,26 @@ def test_views_own_responses_and_parameters_are_kept() -> None:
     assert REPLAYED not in responses["429"].get("headers", {})
     assert key_parameter(op, "X-Request-Id") is not None
     assert key_parameter(op) is not None
+
+
+def test_a_range_response_is_kept_for_the_statuses_it_covers() -> None:
+    """An exact 400 would take the place of the view's 4XX for a 400: it says what the
+    4XX says, and the problem body beside it."""
+    op = operation(generate(), "/range/", "post")
+    responses = op["responses"]
+    error = {"$ref": "#/components/schemas/ValidationError"}
+    for status in ("400", "409", "413"):
+        content = responses[status]["content"]
+        assert list(content) == ["application/json", PROBLEM], status
+        assert content["application/json"]["schema"] == error
+        assert responses[status]["description"].startswith("Client error. `idempotency_")
+        assert REPLAYED in responses[status]["headers"]
+    assert codes(op, "409") == ["idempotency_key_mismatch", "idempotency_key_locked"]
+    assert "Retry-After" in responses["409"]["headers"]
+    assert list(responses["4XX"]["content"]) == ["application/json"]
+    # No range or default covers a 503: the problem alone.
+    assert list(responses["503"]["content"]) == [PROBLEM]
+    assert list(responses) == ["201", "400", "409", "413", "503", "4XX"]
 
 
 def test_class_level_extend_schema_is_kept() -> None:
@@ -677,6 +843,76 @@ def test_testproject_serves_the_schema(client: Client) -> None:
     assert PROBLEM_COMPONENT in schema["components"]["schemas"]
 
 
+def shop_schema() -> dict[str, Any]:
+    from testproject import urls
+
+    schema: dict[str, Any] = SchemaGenerator(urlconf=urls).get_schema(request=None, public=True)
+    validate_schema(schema)
+    return schema
+
+
+@pytest.mark.urls("testproject.urls")
+def test_testproject_keeps_its_400_beside_the_problem() -> None:
+    paths = shop_schema()["paths"]
+    for url, method in [
+        ("/api/orders/", "post"),
+        ("/api/orders/{id}/", "put"),
+        ("/api/orders/{id}/", "patch"),
+        ("/api/uploads/", "post"),
+    ]:
+        op = paths[url][method]
+        content = op["responses"]["400"]["content"]
+        assert list(content) == ["application/json", PROBLEM], (url, method)
+        assert codes(op, "400") == ["idempotency_key_invalid"]
+        errors = content["application/json"]["schema"]
+        assert matches(errors, {"item": ["This field may not be blank."]})
+        assert matches(errors, {"detail": "JSON parse error - Expecting value"})
+    # No body, nothing of DRF's to validate: the problem alone.
+    assert list(paths["/api/orders/{id}/"]["delete"]["responses"]["400"]["content"]) == [PROBLEM]
+
+
+@pytest.mark.urls("testproject.urls")
+def test_testproject_documents_its_404s() -> None:
+    paths = shop_schema()["paths"]
+    for method in ("get", "put", "patch", "delete"):
+        response = paths["/api/orders/{id}/"][method]["responses"]["404"]
+        schema = response["content"]["application/json"]["schema"]
+        assert matches(schema, {"detail": "No Order matches the given query."}), method
+        assert "text/html" in response["content"]
+    assert "404" not in paths["/api/orders/"]["post"]["responses"]
+    assert "404" not in paths["/api/uploads/"]["post"]["responses"]
+
+
+@pytest.mark.urls("testproject.urls")
+def test_testproject_states_its_serializer_bounds() -> None:
+    schema = shop_schema()
+    order = schema["components"]["schemas"]["Order"]["properties"]
+    assert order["quantity"]["minimum"] == 1
+    assert order["quantity"]["maximum"] == 2**31 - 1
+    assert (order["item"]["minLength"], order["item"]["maxLength"]) == (1, 100)
+    assert "pattern" in order["item"]
+    for good in ("12.50", "0.01", ".5", "99999999.99", 12.5, 1):
+        assert matches(order["amount"], good), good
+    for bad in ("", "-", ".", "0", "0.00", "-1", "1.234", "100000000", 0, -1.5, 1.234):
+        assert not matches(order["amount"], bad), bad
+    upload = schema["components"]["schemas"]["Upload"]["properties"]
+    assert upload["file"]["format"] == "binary"
+    assert (upload["name"]["maxLength"], upload["note"]["maxLength"]) == (255, 200)
+    body = schema["paths"]["/api/uploads/"]["post"]["requestBody"]["content"]
+    assert list(body) == ["multipart/form-data"]
+
+
+@hypothesis_settings(max_examples=100, deadline=None, derandomize=True)
+@given(
+    item=st.from_regex(ORDER_PATTERNS["item"], fullmatch=True).filter(lambda s: len(s) <= 100),
+    amount=st.from_regex(ORDER_PATTERNS["amount"], fullmatch=True),
+)
+def test_testproject_orders_of_the_schema_validate(item: str, amount: str) -> None:
+    serializer = OrderSerializer(data={"item": item, "quantity": 1, "amount": amount})
+    assert serializer.is_valid(), serializer.errors
+
+
+# -- loading ----------------------------------------------------------------------------
 # -- loading ----------------------------------------------------------------------------
 
 
