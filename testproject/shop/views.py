@@ -17,6 +17,11 @@ from rest_framework import authentication, mixins, parsers, permissions, viewset
 from rest_framework.exceptions import ParseError
 from rest_framework.serializers import BaseSerializer
 
+try:
+    from drf_spectacular.openapi import AutoSchema
+except ImportError:  # drf-spectacular is optional: without it there is no /api/schema/
+    from rest_framework.schemas.openapi import AutoSchema  # type: ignore[assignment]
+
 from idempotency.decorators import idempotent
 from idempotency.rest_framework import IdempotencyMixin
 from shop.models import Order, Payment, Upload, WebhookEvent
@@ -39,6 +44,62 @@ class JSONParser(parsers.JSONParser):
             raise ParseError("JSON parse error - the document is nested too deeply.") from None
 
 
+VALIDATION_ERRORS: dict[str, Any] = {
+    "description": "The body does not validate: the messages of each field that does "
+    "not (or `non_field_errors`), or a `detail` when the body cannot be parsed.",
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "additionalProperties": {
+                    "oneOf": [
+                        {"type": "string"},
+                        {"type": "array", "items": {"type": "string"}},
+                    ]
+                },
+            }
+        }
+    },
+}
+
+NOT_FOUND: dict[str, Any] = {
+    "description": "No such object among the signed-in user's, or an id that is not one.",
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {"detail": {"type": "string"}},
+                "required": ["detail"],
+            }
+        },
+        # An id that is not a number matches no URL: Django's own page.
+        "text/html": {"schema": {"type": "string"}},
+    },
+}
+
+
+class ShopSchema(AutoSchema):
+    """drf-spectacular's schema, plus the errors DRF answers for these views itself:
+    400 for a body that does not validate, 404 on a route with an id."""
+
+    def get_operation(self, path: str, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
+        operation: dict[str, Any] | None = super().get_operation(path, *args, **kwargs)
+        if operation is None:
+            return None
+        responses = operation.setdefault("responses", {})
+        if self.method in ("POST", "PUT", "PATCH"):
+            responses.setdefault("400", VALIDATION_ERRORS)
+        if "{" in path:
+            responses.setdefault("404", NOT_FOUND)
+        return operation
+
+
+class UploadSchema(ShopSchema):
+    def map_parsers(self) -> list[str]:
+        # A file travels in multipart only; FormParser is there for the error it gives.
+        return ["multipart/form-data"]
+
+
 class OrderViewSet(IdempotencyMixin, viewsets.ModelViewSet):
     """The signed-in user's orders; unsafe requests may carry an ``Idempotency-Key``."""
 
@@ -49,6 +110,7 @@ class OrderViewSet(IdempotencyMixin, viewsets.ModelViewSet):
     ]
     permission_classes = [permissions.IsAuthenticated]
     parser_classes = [JSONParser, parsers.FormParser, parsers.MultiPartParser]
+    schema = ShopSchema()
 
     def get_queryset(self) -> QuerySet[Order]:
         if getattr(self, "swagger_fake_view", False):
@@ -315,3 +377,4 @@ class UploadViewSet(IdempotencyMixin, mixins.CreateModelMixin, viewsets.GenericV
     ]
     permission_classes = [permissions.IsAuthenticated]
     parser_classes = [parsers.MultiPartParser, parsers.FormParser]
+    schema = UploadSchema()
