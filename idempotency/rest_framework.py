@@ -146,8 +146,11 @@ class IdempotencyMixin:
                 warn_ignored(type(self), options, http_request)
             return
         # DRF's viewsets bind each action to the method's name on the instance.
-        if exempts(self, (request.method or "").lower()):
+        handler = (request.method or "").lower()
+        if exempts(self, handler):
             return
+        if handler not in self.http_method_names or getattr(self, handler, None) is None:  # type: ignore[attr-defined]
+            return  # DRF answers 405 Method Not Allowed; there is no operation to protect
         outcome = engine.start(
             request, http_request, self.get_idempotency_options(), view=type(self)
         )

@@ -1052,3 +1052,25 @@ def test_shop_orders_validation_error_is_stored(alice: User) -> None:
     assert json.loads(first.content) == {"amount": ["Ensure this value is greater than 0."]}
     assert_replay_of(first, replay)
     assert Order.objects.count() == 0
+
+
+def test_a_method_the_view_lacks_is_drfs_405_not_a_claim(middleware: bool, alice: User) -> None:
+    client = token_client(alice)
+    first = post(client, "/create/", key="k-405")
+    put = client.put(
+        "/create/",
+        json.dumps({"item": "book", "quantity": 2}),
+        content_type=JSON,
+        headers={"Idempotency-Key": "k-405"},
+    )
+    patch = client.patch(
+        "/create/",
+        json.dumps({"item": "pen"}),
+        content_type=JSON,
+        headers={"Idempotency-Key": "k-other"},
+    )
+
+    assert first.status_code == 201
+    assert put.status_code == 405  # not 409 idempotency_key_mismatch
+    assert patch.status_code == 405
+    assert list(IdempotencyKey.objects.values_list("key", "method")) == [("k-405", "POST")]
