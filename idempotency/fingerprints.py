@@ -434,16 +434,9 @@ def keep_body(request: HttpRequest, header_meta: Iterable[str], *, stream: bool 
 
 
 def _raw_fingerprint(request: HttpRequest, header_meta: Iterable[str], body: bytes) -> str:
-    digest = hashlib.sha256()
-    digest.update(_text(request.method or ""))
-    digest.update(b"\n")
-    digest.update(_text(request.get_full_path()))
-    for name in header_meta:
-        digest.update(b"\n")
-        digest.update(_text(request.META.get(name, "")))
-    digest.update(b"\n")
+    digest = _raw_prefix(request, header_meta)
     digest.update(body)
-    return digest.hexdigest()
+    return str(digest.hexdigest())
 
 
 def default_fingerprint(request: HttpRequest, header_meta: Iterable[str]) -> str:
