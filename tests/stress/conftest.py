@@ -1,8 +1,10 @@
-"""Fixtures of the stress suite: a private PostgreSQL and databases to serve from.
+"""Fixtures of the stress suite: private database servers and databases to serve from.
 
 The suite runs only with ``pytest --stress`` (the ``stress`` tox envs). It needs
 ``scripts/pg`` to start PostgreSQL 15 (as root, or as a user who can run
-``initdb``); where that is impossible the PostgreSQL scenarios skip, saying why.
+``initdb``) and ``scripts/mariadb`` to start MariaDB (as any user with
+``mariadb-server`` installed, which it installs itself as root); where either is
+impossible the scenarios on that database skip, saying why.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from tests.stress.harness import (
     RESULTS,
     Cluster,
     Database,
+    MariaDBServer,
     free_port,
     prepare,
     sqlite_database,
@@ -69,12 +72,44 @@ def pg_template(cluster: Cluster) -> str:
     return database.name
 
 
-@pytest.fixture
-def pg_database(cluster: Cluster, pg_template: str) -> Callable[[], Database]:
-    """A fresh, migrated PostgreSQL database with the demo user, per call."""
+@pytest.fixture(scope="session")
+def mariadb_server() -> Iterator[MariaDBServer]:
+    directory = Path(tempfile.mkdtemp(prefix="django-idempotency-stress-mariadb."))
+    server = MariaDBServer(directory, free_port())
+    try:
+        server.start()
+    except Exception as exc:  # any reason at all means "skip"
+        shutil.rmtree(directory, ignore_errors=True)
+        pytest.skip(f"could not start a private MariaDB with scripts/mariadb: {exc}")
+    try:
+        yield server
+    finally:
+        server.destroy()
 
-    def make() -> Database:
-        return cluster.create_database(f"stress_{next(_names)}", template=pg_template)
+
+@pytest.fixture(scope="session")
+def mariadb_template(mariadb_server: MariaDBServer) -> str:
+    database = mariadb_server.create_database("stress_template")
+    prepare(database)
+    return database.name
+
+
+@pytest.fixture
+def store(request: pytest.FixtureRequest) -> Callable[[str], Database]:
+    """A fresh, migrated database with the demo user: ``store("postgresql")``,
+    ``store("mariadb")`` or ``store("mariadb-rr")`` (REPEATABLE READ). Each server
+    starts the first time a test asks for it."""
+
+    def make(kind: str) -> Database:
+        name = f"stress_{next(_names)}"
+        if kind == "postgresql":
+            cluster: Cluster = request.getfixturevalue("cluster")
+            template = request.getfixturevalue("pg_template")
+            return cluster.create_database(name, template=template)
+        server: MariaDBServer = request.getfixturevalue("mariadb_server")
+        template = request.getfixturevalue("mariadb_template")
+        isolation = {"mariadb": "", "mariadb-rr": "repeatable read"}[kind]
+        return server.create_database(name, template=template, isolation=isolation)
 
     return make
 

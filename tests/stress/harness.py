@@ -1,8 +1,8 @@
-"""Real parts for the stress suite: a private PostgreSQL, app servers, HTTP clients.
+"""Real parts for the stress suite: private database servers, app servers, HTTP clients.
 
 Nothing here is mocked. :class:`Cluster` runs a PostgreSQL 15 of its own through
-``scripts/pg`` (so that a test may crash it without disturbing anyone else),
-:class:`Server` runs the testproject under gunicorn or uvicorn in its own process
+``scripts/pg``, and :class:`MariaDBServer` a MariaDB through ``scripts/mariadb``
+(so that a test may crash either without disturbing anyone else), :class:`Server` runs the testproject under gunicorn or uvicorn in its own process
 group, and :func:`send` is a plain HTTP/1.1 client on 127.0.0.1.
 """
 
@@ -22,13 +22,14 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 PG_SCRIPT = ROOT / "scripts" / "pg"
+MARIADB_SCRIPT = ROOT / "scripts" / "mariadb"
 
 #: The demo user's API token, created in every database by ``setup_demo``.
 TOKEN = "stress-token-0123456789abcdef"
@@ -70,6 +71,8 @@ def _run(args: list[str], *, env: dict[str, str] | None = None, timeout: float =
 class Cluster:
     """A private PostgreSQL server on 127.0.0.1, which a test may crash and restart."""
 
+    vendor = "PostgreSQL"
+
     def __init__(self, directory: Path, port: int) -> None:
         self.directory = directory
         self.port = port
@@ -100,22 +103,109 @@ class Cluster:
         return Database(url=self.url(name), cluster=self, name=name)
 
 
+class MariaDBServer:
+    """A private MariaDB server on 127.0.0.1, which a test may SIGKILL and restart.
+
+    Every commit is durable (``MARIADB_DURABLE``): a crash must not lose a payment
+    whose answer a client already has.
+    """
+
+    vendor = "MariaDB"
+
+    def __init__(self, directory: Path, port: int) -> None:
+        self.directory = directory
+        self.port = port
+
+    def url(self, name: str = "") -> str:
+        return f"mysql://root@127.0.0.1:{self.port}/{name}"
+
+    def _script(self, *args: str, timeout: float) -> str:
+        env = {**os.environ, "MARIADB_DURABLE": "1"}
+        return _run(["bash", str(MARIADB_SCRIPT), *args], env=env, timeout=timeout)
+
+    def start(self) -> None:
+        self._script("start", str(self.directory), str(self.port), timeout=900)
+
+    def crash(self) -> None:
+        """SIGKILL: every connection dies at once; InnoDB recovers on the next start."""
+        self._script("crash", str(self.directory), timeout=60)
+
+    def destroy(self) -> None:
+        self._script("stop", str(self.directory), timeout=120)
+
+    def connect(self, name: str = "") -> Any:
+        import MySQLdb
+
+        return MySQLdb.connect(
+            host="127.0.0.1",
+            port=self.port,
+            user="root",
+            db=name,
+            charset="utf8mb4",
+            autocommit=True,
+            connect_timeout=5,
+        )
+
+    def _client(self, program: str) -> list[str]:
+        return [program, "--no-defaults", "--protocol=tcp", "-h", "127.0.0.1"]
+
+    def create_database(
+        self, name: str, template: str | None = None, *, isolation: str = ""
+    ) -> Database:
+        """A new database; with ``template``, a copy of that one (schema and rows)."""
+        with closing(self.connect()) as conn, closing(conn.cursor()) as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+            cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+        if template:
+            address = [*self._client("mariadb-dump"), "-P", str(self.port), "-u", "root"]
+            dump = subprocess.run(
+                [*address, "--single-transaction", template],
+                capture_output=True,
+                timeout=120,
+                check=True,
+            ).stdout
+            load = [*self._client("mariadb"), "-P", str(self.port), "-u", "root", name]
+            subprocess.run(load, input=dump, capture_output=True, timeout=120, check=True)
+        return Database(url=self.url(name), cluster=self, name=name, isolation=isolation)
+
+
+#: The databases a scenario's app servers run on, as the ``store`` fixture takes them:
+#: PostgreSQL, and MariaDB under Django's READ COMMITTED and the server's REPEATABLE READ.
+STORES = ("postgresql", "mariadb", "mariadb-rr")
+
+
 @dataclass
 class Database:
-    """One database the servers of a scenario share: PostgreSQL, or a SQLite file."""
+    """One database the servers of a scenario share: PostgreSQL, MariaDB or a SQLite file.
+
+    ``isolation`` (MariaDB only) is the servers' ``isolation_level`` option; empty for
+    Django's default, READ COMMITTED.
+    """
 
     url: str
-    cluster: Cluster | None = None
+    cluster: Cluster | MariaDBServer | None = None
     name: str = ""
     path: Path | None = None
+    isolation: str = ""
+
+    @property
+    def label(self) -> str:
+        """How the results table names this database: ``PostgreSQL``, ``MariaDB RR``..."""
+        if self.cluster is None:
+            return "SQLite"
+        if self.isolation:
+            short = "".join(word[0] for word in self.isolation.split()).upper()
+            return f"{self.cluster.vendor} {short}"
+        return self.cluster.vendor
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         if self.path is not None:
             with sqlite3.connect(self.path, timeout=30) as conn:
                 return conn.execute(sql.replace("%s", "?"), params).fetchall()
         assert self.cluster is not None
-        with self.cluster.connect(self.name) as conn:
-            return conn.execute(sql, params).fetchall()
+        with closing(self.cluster.connect(self.name)) as conn, closing(conn.cursor()) as cursor:
+            cursor.execute(sql, params)
+            return [tuple(row) for row in cursor.fetchall()]
 
     def count_by(self, table: str, column: str, prefix: str) -> Counter[str]:
         """How many rows of ``table`` hold each value of ``column`` starting with ``prefix``."""
@@ -186,6 +276,7 @@ def server_env(database: Database, idempotency: dict[str, Any], *, debug: bool) 
         PYTHONPATH=os.pathsep.join(python_path),
         DJANGO_SETTINGS_MODULE=SERVER_SETTINGS,
         DATABASE_URL=database.url,
+        DATABASE_ISOLATION_LEVEL=database.isolation,
         STRESS_IDEMPOTENCY=json.dumps(idempotency),
         DEBUG="1" if debug else "0",
         SECRET_KEY="stress-suite-secret-key-not-for-production-0123456789",

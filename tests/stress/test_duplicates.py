@@ -5,9 +5,10 @@ together), ``STRESS_GROUP`` keys at a time. A client that gets 409 locked retrie
 with backoff until it gets the stored answer. The view must run once per key:
 exactly one business row per key, one first answer, and byte-identical replays.
 
-- PostgreSQL under gunicorn (4 sync workers): the DRF orders endpoint and the
-  payments view behind the middleware; then again with ``CONCURRENT_WAIT``, where
-  duplicates wait for the first answer instead of getting 409.
+- PostgreSQL, and MariaDB under READ COMMITTED and under REPEATABLE READ, under
+  gunicorn (4 sync workers): the DRF orders endpoint and the payments view behind
+  the middleware; then again with ``CONCURRENT_WAIT``, where duplicates wait for
+  the first answer instead of getting 409.
 - The same under uvicorn (ASGI), with an async view.
 - SQLite, the embedded default, under gunicorn: several processes write one file.
 """
@@ -139,25 +140,30 @@ def hammer(
 
 ENDPOINTS = [pytest.param(ORDERS, id="drf-orders"), pytest.param(PAYMENTS, id="payments")]
 SERVED = [
-    # Scenario 1: WSGI. Scenario 6: ASGI, with an async view.
-    pytest.param("gunicorn", ORDERS, id="gunicorn-drf-orders"),
-    pytest.param("gunicorn", PAYMENTS, id="gunicorn-payments"),
-    pytest.param("uvicorn", ORDERS, id="uvicorn-drf-orders"),
-    pytest.param("uvicorn", ASYNC_PAYMENTS, id="uvicorn-async-payments"),
+    # Scenario 1: WSGI, on PostgreSQL and on MariaDB (READ COMMITTED, REPEATABLE READ).
+    *(
+        pytest.param("gunicorn", endpoint, kind, id=f"gunicorn-{kind}-{name}")
+        for kind in ("postgresql", "mariadb", "mariadb-rr")
+        for endpoint, name in ((ORDERS, "drf-orders"), (PAYMENTS, "payments"))
+    ),
+    # Scenario 6: ASGI, with an async view.
+    pytest.param("uvicorn", ORDERS, "postgresql", id="uvicorn-postgresql-drf-orders"),
+    pytest.param("uvicorn", ASYNC_PAYMENTS, "postgresql", id="uvicorn-postgresql-async-payments"),
 ]
 WAITS = [pytest.param({}, id="409"), pytest.param(WAIT, id="concurrent-wait")]
 
 
 @pytest.mark.parametrize("idempotency", WAITS)
-@pytest.mark.parametrize(("kind", "endpoint"), SERVED)
+@pytest.mark.parametrize(("kind", "endpoint", "database_kind"), SERVED)
 def test_concurrent_duplicates_run_the_view_once(
-    pg_database: Callable[[], Database],
+    store: Callable[[str], Database],
     work_dir: Path,
     kind: str,
     endpoint: Endpoint,
+    database_kind: str,
     idempotency: dict[str, Any],
 ) -> None:
-    database = pg_database()
+    database = store(database_kind)
     number = 1 if kind == "gunicorn" else 6
     wait = ", CONCURRENT_WAIT" if idempotency else ""
     with Server(database, work_dir, kind=kind, idempotency=idempotency) as server:
@@ -165,7 +171,7 @@ def test_concurrent_duplicates_run_the_view_once(
             server,
             endpoint,
             database,
-            scenario=f"{number}. duplicates, {kind}/PostgreSQL, {endpoint.name}{wait}",
+            scenario=f"{number}. duplicates, {kind}/{database.label}, {endpoint.name}{wait}",
             keys=KEYS,
             clients=CLIENTS,
             group=GROUP,

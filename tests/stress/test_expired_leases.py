@@ -16,7 +16,10 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.stress.harness import (
+    STORES,
     Database,
     Reply,
     Server,
@@ -36,10 +39,11 @@ GAP = 1.8  # B follows A after this long: after A's lease, well before A's end
 PATH = "/stress/slow-payments/"
 
 
+@pytest.mark.parametrize("database_kind", STORES)
 def test_expired_lease_lets_exactly_one_request_commit(
-    pg_database: Callable[[], Database], work_dir: Path
+    store: Callable[[str], Database], work_dir: Path, database_kind: str
 ) -> None:
-    database = pg_database()
+    database = store(database_kind)
     run = uuid.uuid4().hex[:10]
     keys = [f"{run}-{i:03d}" for i in range(KEYS)]
     pending = list(keys)
@@ -80,7 +84,8 @@ def test_expired_lease_lets_exactly_one_request_commit(
     rows = database.count_by("shop_payment", "reference", run)
     fences = dict(
         database.query(
-            "SELECT key, fence FROM idempotency_idempotencykey WHERE key LIKE %s", (run + "%",)
+            "SELECT k.key, k.fence FROM idempotency_idempotencykey k WHERE k.key LIKE %s",
+            (run + "%",),
         )
     )
     winners = {"A": 0, "B": 0}
@@ -104,7 +109,7 @@ def test_expired_lease_lets_exactly_one_request_commit(
             tally.flag(f"{key}: retry answered {retry.describe()}, not {winner.describe()}")
 
     row = report(
-        "3. expired leases, gunicorn/PostgreSQL",
+        f"3. expired leases, gunicorn/{database.label}",
         tally,
         rows,
         expected=KEYS,

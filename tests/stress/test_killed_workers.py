@@ -29,6 +29,7 @@ import pytest
 from tests.stress.harness import (
     ORDERS,
     PAYMENTS,
+    STORES,
     Database,
     Endpoint,
     Reply,
@@ -56,10 +57,11 @@ def _retry(reply: Reply) -> bool:
 
 
 @pytest.mark.parametrize("atomic", [True, False], ids=["atomic", "atomic-false"])
+@pytest.mark.parametrize("database_kind", STORES)
 def test_killed_workers_lose_no_write_and_atomic_duplicates_none(
-    pg_database: Callable[[], Database], work_dir: Path, atomic: bool
+    store: Callable[[str], Database], work_dir: Path, database_kind: str, atomic: bool
 ) -> None:
-    database = pg_database()
+    database = store(database_kind)
     run = uuid.uuid4().hex[:10]
     operations: list[tuple[str, Endpoint]] = [
         (f"{run}-{i:05d}", ORDERS if i % 2 else PAYMENTS) for i in range(OPS)
@@ -117,7 +119,7 @@ def test_killed_workers_lose_no_write_and_atomic_duplicates_none(
         PAYMENTS.table, PAYMENTS.column, run
     )
     row = report(
-        f"2. killed workers, gunicorn/PostgreSQL, ATOMIC={atomic}",
+        f"2. killed workers, gunicorn/{database.label}, ATOMIC={atomic}",
         tally,
         rows,
         expected=OPS,

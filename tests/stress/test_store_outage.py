@@ -19,9 +19,11 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.stress.harness import (
     PAYMENTS,
-    Cluster,
+    STORES,
     Database,
     Reply,
     Server,
@@ -71,10 +73,13 @@ def _retry(reply: Reply) -> bool:
     return reply.code in ("idempotency_key_locked", "idempotency_store_unavailable")
 
 
+@pytest.mark.parametrize("database_kind", STORES)
 def test_store_outage_fails_closed_and_loses_nothing(
-    cluster: Cluster, pg_database: Callable[[], Database], work_dir: Path
+    store: Callable[[str], Database], work_dir: Path, database_kind: str
 ) -> None:
-    database = pg_database()
+    database = store(database_kind)
+    server_of_store = database.cluster
+    assert server_of_store is not None
     run = uuid.uuid4().hex[:10]
     keys = [f"{run}-{i:05d}" for i in range(OPS)]
     pending = list(reversed(keys))
@@ -102,11 +107,11 @@ def test_store_outage_fails_closed_and_loses_nothing(
         def outage() -> None:
             while len(finals) < OPS // 3 and time.monotonic() < deadline:
                 time.sleep(0.01)
-            cluster.crash()
+            server_of_store.crash()
             tally.phase = "outage"
             time.sleep(OUTAGE_SECONDS)
             tally.phase = "restarting"
-            cluster.start()
+            server_of_store.start()
             tally.phase = "after"
 
         crash = threading.Thread(target=outage, daemon=True)
@@ -124,7 +129,7 @@ def test_store_outage_fails_closed_and_loses_nothing(
     during = tally.by_phase.get("outage", Counter())
     unavailable = tally.codes["idempotency_store_unavailable"]
     row = report(
-        "4. store outage, gunicorn/PostgreSQL",
+        f"4. store outage, gunicorn/{database.label}",
         tally,
         rows,
         expected=OPS,
