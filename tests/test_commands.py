@@ -644,3 +644,47 @@ def test_one_statement_per_batch_that_skips_locked_rows() -> None:
     deletes = [q["sql"] for q in queries.captured_queries if "DELETE" in q["sql"]]
     assert len(deletes) == 2
     assert all("FOR UPDATE SKIP LOCKED" in sql for sql in deletes)
+
+
+def _session_status(name: str) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW SESSION STATUS LIKE %s", [name])
+        return int(cursor.fetchone()[1])
+
+
+@pytest.mark.mysql
+@pytest.mark.django_db
+def test_a_batch_on_mysql_reads_by_index_not_by_scanning_the_responses() -> None:
+    """A batch of 5 keys among 3,000 stored responses reads a handful of rows.
+
+    MariaDB before 11.1 runs ``DELETE ... WHERE key_id IN (SELECT ...)`` as a full scan
+    of the responses table, once per batch: at a million keys the purge then ran for
+    hours, not seconds. ``Handler_read_rnd_next`` counts the rows a scan reads.
+    """
+    now = timezone.now()
+    IdempotencyKey.objects.bulk_create(
+        IdempotencyKey(
+            scope="user:1",
+            key=f"live-{i}",
+            fingerprint="f" * 64,
+            method="POST",
+            path="/groups/",
+            state=COMPLETED,
+            completed_at=now,
+            expires_at=now + HOUR,
+        )
+        for i in range(3000)
+    )
+    IdempotencyResponse.objects.bulk_create(
+        IdempotencyResponse(idempotency_key=key, status=201, headers=[], body=b"x")
+        for key in IdempotencyKey.objects.filter(key__startswith="live-")
+    )
+    assert IdempotencyResponse.objects.count() == 3000
+    old = _expired(5)
+    before = _session_status("Handler_read_rnd_next")
+    deleted = purge.delete_batch("default", [key.pk for key in old], timezone.now())
+    scanned = _session_status("Handler_read_rnd_next") - before
+    assert deleted == (5, 5)
+    assert scanned < 100, f"{scanned} rows read by table scans"
+    assert IdempotencyResponse.objects.count() == 3000
+    assert not IdempotencyKey.objects.filter(pk__in=[key.pk for key in old]).exists()
