@@ -1,9 +1,10 @@
-"""In-process cost of the app: Django's test client, no server, SQLite and PostgreSQL.
+"""In-process cost of the app: Django's test client, no server, SQLite, PostgreSQL, MariaDB.
 
 Not a test (pytest never collects ``tests/benchmarks``). Run it with ``tox -e bench``
 (which also runs the HTTP benchmark), or alone::
 
-    python tests/benchmarks/bench_inprocess.py [--url postgres://...] [--rounds N]
+    python tests/benchmarks/bench_inprocess.py [--url postgres://...]
+        [--mariadb-url mysql://...] [--databases sqlite,postgresql,mariadb] [--rounds N]
 
 The endpoint is the testproject's ``POST /payments/`` (parse and validate a JSON body,
 insert one row). Variants, timed in many short rounds, in a shuffled order each round,
@@ -40,8 +41,9 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
-from pgserver import add_url_option, postgres_server
+from pgserver import add_url_option, mariadb_server, postgres_server
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -68,10 +70,13 @@ def _setup(database_url: str) -> None:
 
     with connection.cursor() as cursor:
         cursor.execute("DROP TABLE IF EXISTS bench_floor")
-        serial = "BIGSERIAL" if connection.vendor == "postgresql" else "INTEGER"
-        blob = "BYTEA" if connection.vendor == "postgresql" else "BLOB"
+        serial, blob = {
+            "postgresql": ("BIGSERIAL", "BYTEA"),
+            "mysql": ("BIGINT AUTO_INCREMENT", "LONGBLOB"),
+        }.get(connection.vendor, ("INTEGER", "BLOB"))
+        key = connection.ops.quote_name("key")
         cursor.execute(
-            f"CREATE TABLE bench_floor (id {serial} PRIMARY KEY, key VARCHAR(255) UNIQUE, "
+            f"CREATE TABLE bench_floor (id {serial} PRIMARY KEY, {key} VARCHAR(255) UNIQUE, "
             f"state VARCHAR(16), status INTEGER, body {blob})"
         )
 
@@ -86,16 +91,17 @@ class FloorMiddleware:
     def __call__(self, request: Any) -> Any:
         from django.db import connection, transaction
 
+        key = connection.ops.quote_name("key")
         with connection.cursor() as cursor:
             if connection.vendor == "postgresql":
                 cursor.execute(
-                    "INSERT INTO bench_floor (key, state) VALUES (%s, 'running') RETURNING id",
+                    f"INSERT INTO bench_floor ({key}, state) VALUES (%s, 'running') RETURNING id",
                     [uuid.uuid4().hex],
                 )
                 row_id = cursor.fetchone()[0]
             else:
                 cursor.execute(
-                    "INSERT INTO bench_floor (key, state) VALUES (%s, 'running')",
+                    f"INSERT INTO bench_floor ({key}, state) VALUES (%s, 'running')",
                     [uuid.uuid4().hex],
                 )
                 row_id = cursor.lastrowid
@@ -192,11 +198,12 @@ def run_worker(database_url: str, rounds: int, per_round: int) -> dict[str, Any]
 
     started = time.monotonic()
     timings = measure(rounds, per_round)
-    version = (
-        ".".join(map(str, connection.Database.sqlite_version_info))
-        if connection.vendor == "sqlite"
-        else str(connection.pg_version)
-    )
+    if connection.vendor == "sqlite":
+        version = ".".join(map(str, connection.Database.sqlite_version_info))
+    elif connection.vendor == "mysql":
+        version = "MariaDB " + ".".join(map(str, connection.mysql_version))
+    else:
+        version = str(connection.pg_version)
     return {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
@@ -225,10 +232,30 @@ def main() -> int:
 
     wanted = args.databases.split(",")
     results: dict[str, Any] = {}
-    with postgres_server(args.url if "postgresql" in wanted else "unused") as server:
+    with (
+        postgres_server(args.url if "postgresql" in wanted else "unused") as server,
+        mariadb_server(args.mariadb_url if "mariadb" in wanted else "unused") as maria,
+    ):
         for name in wanted:
             if name == "sqlite":
                 url = f"sqlite:///{tempfile.mkdtemp(prefix='bench-inprocess.')}/bench.sqlite3"
+            elif name == "mariadb":
+                import MySQLdb
+
+                parts = urlsplit(maria)
+                conn = MySQLdb.connect(
+                    host=parts.hostname or "127.0.0.1",
+                    port=parts.port or 3306,
+                    user=parts.username or "root",
+                    password=parts.password or "",
+                )
+                try:
+                    cursor = conn.cursor()
+                    cursor.execute("DROP DATABASE IF EXISTS bench_inprocess")
+                    cursor.execute("CREATE DATABASE bench_inprocess CHARACTER SET utf8mb4")
+                finally:
+                    conn.close()
+                url = urlunsplit(parts._replace(path="/bench_inprocess"))
             else:
                 import psycopg
 

@@ -3,14 +3,17 @@
 Not a test (pytest never collects ``tests/benchmarks``). Run it with::
 
     scripts/bench-purge                    # starts a throwaway PostgreSQL, runs tox -e bench-purge
+    scripts/bench-purge --mariadb          # the same on a throwaway MariaDB
     TEST_POSTGRES_URL=postgres://user@host:5432/postgres tox run -e bench-purge
     python tests/benchmarks/bench_purge.py --url postgres://... [--expired N] [--live N]
+    python tests/benchmarks/bench_purge.py --url mysql://root@127.0.0.1:3306/ [...]
 
 Setup, in a database of its own on the server (dropped and created again):
 1,000,000 expired keys with ~1 KiB stored responses and 100,000 live keys (99% completed
 with a response, 1% running with a live lease and already past their expiry, which the
-purge must keep), bulk-loaded with ``INSERT ... SELECT generate_series``, then
-``VACUUM ANALYZE``, ``CHECKPOINT`` and ``sync``.
+purge must keep), bulk-loaded with ``INSERT ... SELECT`` from ``generate_series``
+(PostgreSQL) or a ``seq_1_to_N`` table of MariaDB's Sequence engine, then
+``VACUUM ANALYZE`` and ``CHECKPOINT`` (MariaDB: ``ANALYZE TABLE``) and ``sync``.
 
 Measured: the wall time and the peak RSS (``wait4``) of ``python testproject/manage.py
 purge_idempotency_keys`` run as a subprocess, and the latency of ``POST /payments/``
@@ -59,8 +62,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--url",
         default=os.environ.get("TEST_POSTGRES_URL") or os.environ.get("DATABASE_URL"),
-        help="a PostgreSQL server (any database on it); default: $TEST_POSTGRES_URL, "
-        "then $DATABASE_URL",
+        help="a PostgreSQL (postgres://) or MariaDB (mysql://) server, any database on it; "
+        "default: $TEST_POSTGRES_URL, then $DATABASE_URL",
     )
     parser.add_argument("--db-name", default=DB_NAME, help=f"database to (re)create ({DB_NAME})")
     parser.add_argument("--expired", type=int, default=1_000_000, help="expired keys to load")
@@ -75,8 +78,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON file ({RESULTS.name})")
     parser.add_argument("--keep-db", action="store_true", help="do not drop the database after")
     args = parser.parse_args()
-    if not args.url or not args.url.startswith(("postgres://", "postgresql://")):
-        parser.error("give a PostgreSQL server with --url or TEST_POSTGRES_URL")
+    if not args.url or not args.url.startswith(("postgres://", "postgresql://", "mysql://")):
+        parser.error("give a PostgreSQL or MariaDB server with --url or TEST_POSTGRES_URL")
     if not re.fullmatch(r"[a-z_][a-z0-9_]*", args.db_name):
         parser.error("--db-name: lower-case letters, digits and underscores only")
     return args
@@ -111,7 +114,30 @@ def log(message: str) -> None:
 # -- database -------------------------------------------------------------------------
 
 
+def is_mariadb(url: str) -> bool:
+    return url.startswith("mysql://")
+
+
 def recreate_database(server_url: str, name: str, *, drop_only: bool = False) -> None:
+    if is_mariadb(server_url):
+        import MySQLdb
+
+        parts = urlsplit(server_url)
+        conn = MySQLdb.connect(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or 3306,
+            user=parts.username or "root",
+            password=parts.password or "",
+            autocommit=True,
+        )
+        try:
+            cursor = conn.cursor()
+            cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+            if not drop_only:
+                cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+        finally:
+            conn.close()
+        return
     import psycopg
 
     with psycopg.connect(server_url, autocommit=True) as conn:
@@ -162,88 +188,149 @@ def _key_insert(expressions: dict[str, str], source: str) -> tuple[str, list[Any
     return sql, params
 
 
+#: The loader's SQL per vendor: the row number ``g`` of each batch, text, time.
+_SQL = {
+    "postgresql": {
+        "source": "generate_series(1, {n}) AS g",
+        "g": "g",
+        "scope": "'user:' || mod(g, 5000)",
+        "fingerprint": "md5(g::text) || md5((-g)::text)",
+        "text": "'{prefix}' || g",
+        # now() + offset + g * span / n
+        "time": "now() + interval '{offset} hours' + g * (interval '{span} hours' / {n})",
+        "lease": "now() + interval '1 day'",
+        "body": (
+            "INSERT INTO {responses} (key_id, status, headers, body) "
+            "SELECT id, 201, %s::jsonb, convert_to(rpad('{{\"id\": ' || id || "
+            "', \"pad\": \"', %s - 2, md5(id::text)) || '\"}}', 'UTF8') "
+            "FROM {keys} WHERE state = 'completed'"
+        ),
+    },
+    "mysql": {
+        "source": "seq_1_to_{n} AS g",
+        "g": "g.seq",
+        "scope": "CONCAT('user:', MOD(g.seq, 5000))",
+        "fingerprint": "CONCAT(MD5(g.seq), MD5(-g.seq))",
+        "text": "CONCAT('{prefix}', g.seq)",
+        # Django stores UTC in MariaDB's DATETIME columns.
+        "time": (
+            "UTC_TIMESTAMP(6) + INTERVAL {offset} HOUR"
+            " + INTERVAL (g.seq * {span} * 3600000000 DIV {n}) MICROSECOND"
+        ),
+        "lease": "UTC_TIMESTAMP(6) + INTERVAL 1 DAY",
+        "body": (
+            "INSERT INTO {responses} (key_id, status, headers, body) "
+            'SELECT id, 201, %s, CONCAT(RPAD(CONCAT(\'{{"id": \', id, \', "pad": "\'), '
+            "%s - 2, MD5(id)), '\"}}') FROM {keys} WHERE state = 'completed'"
+        ),
+    },
+}
+
+
 def load(expired: int, live: int, body_size: int) -> dict[str, Any]:
     from django.db import connection
 
     from idempotency.models import IdempotencyKey, IdempotencyResponse
 
+    sql = _SQL[connection.vendor]
     keys = connection.ops.quote_name(IdempotencyKey._meta.db_table)
     responses = connection.ops.quote_name(IdempotencyResponse._meta.db_table)
     leased = live // 100
+
+    def span(offset: int, hours: int, n: int) -> str:
+        return sql["time"].format(offset=offset, span=hours, n=n)
+
+    def text(prefix: str) -> str:
+        return sql["text"].format(prefix=prefix)
+
     common = {
-        "scope": "'user:' || mod(g, 5000)",
-        "fingerprint": "md5(g::text) || md5((-g)::text)",
+        "scope": sql["scope"],
+        "fingerprint": sql["fingerprint"],
         "method": "'POST'",
         "path": "'/payments/'",
         "fence": "1",
     }
+    n_live = live - leased
     batches = [
         # Expired: in the order they expired, like rows inserted over a day; the
         # newest expired an hour ago.
-        {
-            **common,
-            "key": "'bench-expired-' || g",
-            "state": "'completed'",
-            "created_at": "now() - interval '39 hours' + g * (interval '14 hours' / {n})",
-            "completed_at": "now() - interval '39 hours' + g * (interval '14 hours' / {n})",
-            "expires_at": "now() - interval '15 hours' + g * (interval '14 hours' / {n})",
-            "_n": expired,
-        },
-        {
-            **common,
-            "key": "'bench-live-' || g",
-            "state": "'completed'",
-            "created_at": "now() - interval '10 hours' + g * (interval '10 hours' / {n})",
-            "completed_at": "now() - interval '10 hours' + g * (interval '10 hours' / {n})",
-            "expires_at": "now() + interval '14 hours' + g * (interval '10 hours' / {n})",
-            "_n": live - leased,
-        },
+        (
+            expired,
+            {
+                **common,
+                "key": text("bench-expired-"),
+                "state": "'completed'",
+                "created_at": span(-39, 14, expired),
+                "completed_at": span(-39, 14, expired),
+                "expires_at": span(-15, 14, expired),
+            },
+        ),
+        (
+            n_live,
+            {
+                **common,
+                "key": text("bench-live-"),
+                "state": "'completed'",
+                "created_at": span(-10, 10, n_live),
+                "completed_at": span(-10, 10, n_live),
+                "expires_at": span(14, 10, n_live),
+            },
+        ),
         # Running with a live lease, though past their expiry: the purge keeps them.
-        {
-            **common,
-            "key": "'bench-leased-' || g",
-            "state": "'running'",
-            "lease_expires_at": "now() + interval '1 day'",
-            "created_at": "now() - interval '2 hours'",
-            "expires_at": "now() - interval '1 hour'",
-            "_n": leased,
-        },
+        (
+            leased,
+            {
+                **common,
+                "key": text("bench-leased-"),
+                "state": "'running'",
+                "lease_expires_at": sql["lease"],
+                "created_at": span(-2, 0, max(leased, 1)),
+                "expires_at": span(-1, 0, max(leased, 1)),
+            },
+        ),
     ]
     started = time.perf_counter()
     with connection.cursor() as cursor:
-        for batch in batches:
-            n = int(batch.pop("_n"))
+        for n, expressions in batches:
             if n <= 0:
                 continue
-            expressions = {k: v.replace("{n}", str(n)) for k, v in batch.items()}
-            sql, params = _key_insert(expressions, f"generate_series(1, {n}) AS g")
-            cursor.execute(sql, params)
+            insert, params = _key_insert(expressions, sql["source"].format(n=n))
+            cursor.execute(insert, params)
         # ~body_size bytes of JSON-ish text per completed key, below the TOAST threshold
         # for 1 KiB, as a typical small API response is stored.
         cursor.execute(
-            f"INSERT INTO {responses} (key_id, status, headers, body) "
-            f'SELECT id, 201, %s::jsonb, convert_to(rpad(\'{{"id": \' || id || \', "pad": "\', '
-            f"%s - 2, md5(id::text)) || '\"}}', 'UTF8') FROM {keys} WHERE state = 'completed'",
+            sql["body"].format(responses=responses, keys=keys),
             [json.dumps([["Content-Type", "application/json"]]), body_size],
         )
     load_s = time.perf_counter() - started
     with connection.cursor() as cursor:
-        cursor.execute(f"VACUUM ANALYZE {keys}")
-        cursor.execute(f"VACUUM ANALYZE {responses}")
-        cursor.execute("CHECKPOINT")
-        cursor.execute(
-            f"SELECT pg_total_relation_size('{IdempotencyKey._meta.db_table}'), "
-            f"pg_total_relation_size('{IdempotencyResponse._meta.db_table}'), "
-            f"(SELECT avg(octet_length(body)) FROM {responses})"
-        )
+        if connection.vendor == "postgresql":
+            cursor.execute(f"VACUUM ANALYZE {keys}")
+            cursor.execute(f"VACUUM ANALYZE {responses}")
+            cursor.execute("CHECKPOINT")
+            cursor.execute(
+                f"SELECT pg_total_relation_size('{IdempotencyKey._meta.db_table}'), "
+                f"pg_total_relation_size('{IdempotencyResponse._meta.db_table}'), "
+                f"(SELECT avg(octet_length(body)) FROM {responses})"
+            )
+        else:
+            cursor.execute(f"ANALYZE TABLE {keys}, {responses}")
+            cursor.fetchall()
+            cursor.execute(
+                "SELECT SUM(CASE WHEN table_name = %s THEN data_length + index_length END), "
+                "SUM(CASE WHEN table_name = %s THEN data_length + index_length END), "
+                f"(SELECT AVG(OCTET_LENGTH(body)) FROM {responses}) "
+                "FROM information_schema.tables WHERE table_schema = DATABASE()",
+                [IdempotencyKey._meta.db_table, IdempotencyResponse._meta.db_table],
+            )
         key_bytes, response_bytes, body_avg = cursor.fetchone()
     # Flush the loader's writes out of the page cache now, so that the kernel does not
     # write them back during the measurement (when the server runs on this machine).
     os.sync()
     return {
         "load_s": round(load_s, 1),
-        "keys_table_mib": round(key_bytes / 2**20, 1),
-        "responses_table_mib": round(response_bytes / 2**20, 1),
+        "keys_table_mib": round(float(key_bytes) / 2**20, 1),
+        "responses_table_mib": round(float(response_bytes) / 2**20, 1),
         "avg_body_bytes": round(float(body_avg)),
     }
 
@@ -253,13 +340,15 @@ def counts() -> dict[str, int]:
 
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT count(*) FILTER (WHERE key LIKE 'bench-expired-%'), "
-            "count(*) FILTER (WHERE key LIKE 'bench-live-%'), "
-            "count(*) FILTER (WHERE key LIKE 'bench-leased-%'), "
-            "count(*) FILTER (WHERE key LIKE 'probe-%'), "
-            "(SELECT count(*) FROM idempotency_idempotencyresponse) FROM idempotency_idempotencykey"
+            "SELECT "
+            + ", ".join(
+                f"SUM(CASE WHEN k.key LIKE '{prefix}%' THEN 1 ELSE 0 END)"
+                for prefix in ("bench-expired-", "bench-live-", "bench-leased-", "probe-")
+            )
+            + ", (SELECT COUNT(*) FROM idempotency_idempotencyresponse) "
+            "FROM idempotency_idempotencykey k"
         )
-        expired, live, leased, probes, responses = cursor.fetchone()
+        expired, live, leased, probes, responses = (int(n or 0) for n in cursor.fetchone())
     return {
         "expired": expired,
         "live": live,
@@ -271,8 +360,30 @@ def counts() -> dict[str, int]:
 
 def versions() -> dict[str, str]:
     import django
-    import psycopg
     from django.db import connection
+
+    if connection.vendor == "mysql":
+        import MySQLdb
+
+        with connection.cursor() as cursor:
+            names = (
+                "innodb_flush_log_at_trx_commit",
+                "innodb_doublewrite",
+                "innodb_buffer_pool_size",
+                "tx_isolation",
+            )
+            cursor.execute("SELECT VERSION(), " + ", ".join(f"@@{name}" for name in names))
+            server, *values = cursor.fetchone()
+        return {
+            "python": platform.python_version(),
+            "django": django.__version__,
+            "mysqlclient": ".".join(str(part) for part in MySQLdb.version_info[:3]),
+            "database": f"MariaDB {server.split('-')[0]}",
+            "database_settings": ", ".join(
+                f"{name}={value}" for name, value in zip(names, values, strict=True)
+            ),
+        }
+    import psycopg
 
     with connection.cursor() as cursor:
         cursor.execute("SHOW server_version")
@@ -285,8 +396,8 @@ def versions() -> dict[str, str]:
         "python": platform.python_version(),
         "django": django.__version__,
         "psycopg": psycopg.__version__,
-        "postgresql": server.split()[0],
-        "postgresql_settings": ", ".join(f"{k}={v}" for k, v in settings.items()),
+        "database": f"PostgreSQL {server.split()[0]}",
+        "database_settings": ", ".join(f"{k}={v}" for k, v in settings.items()),
     }
 
 
@@ -582,7 +693,7 @@ def print_table(report: dict[str, Any], measured: dict[str, float]) -> None:
         f"responses) + {s['live_keys']:,} live keys"
     )
     print(
-        f"PostgreSQL {v['postgresql']} ({v['postgresql_settings']}), Django {v['django']}, "
+        f"{v['database']} ({v['database_settings']}), Django {v['django']}, "
         f"Python {v['python']}, {report['machine']['cpu']} x{report['machine']['cores']}"
     )
     print(f"{'metric':34} {'measured':>12} {'target':>9}  met")

@@ -1,4 +1,4 @@
-"""A PostgreSQL server for a benchmark: the one given, or a throwaway one of its own."""
+"""Database servers for a benchmark: the one given, or a throwaway one of its own."""
 
 from __future__ import annotations
 
@@ -36,10 +36,42 @@ def postgres_server(url: str | None) -> Iterator[str]:
             shutil.rmtree(directory, ignore_errors=True)
 
 
+@contextmanager
+def mariadb_server(url: str | None) -> Iterator[str]:
+    """Yield ``url``; without one, start a MariaDB with ``scripts/mariadb`` and stop it after.
+
+    The throwaway server flushes its redo log about once a second, as the throwaway
+    PostgreSQL runs without ``fsync``: both measure the app's work, not the disk's.
+    """
+    if url:
+        yield url
+        return
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from tests.stress.harness import MariaDBServer, free_port
+
+    directory = Path(tempfile.mkdtemp(prefix="django-idempotency-bench-mariadb."))
+    server = MariaDBServer(directory, free_port(), durable=False)
+    try:
+        server.start()
+        yield server.url()
+    finally:
+        try:
+            server.destroy()
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
 def add_url_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--url",
         default=os.environ.get("TEST_POSTGRES_URL"),
         help="PostgreSQL server URL (a database of its own is created there); "
         "default TEST_POSTGRES_URL, else a throwaway server started with scripts/pg",
+    )
+    parser.add_argument(
+        "--mariadb-url",
+        default=os.environ.get("TEST_MARIADB_URL"),
+        help="MariaDB server URL, mysql://user@host:port/ (a database of its own is created "
+        "there); default TEST_MARIADB_URL, else a throwaway server started with scripts/mariadb",
     )
