@@ -198,10 +198,12 @@ def run_worker(database_url: str, rounds: int, per_round: int) -> dict[str, Any]
 
     started = time.monotonic()
     timings = measure(rounds, per_round)
-    if connection.vendor == "sqlite":
+    vendor = connection.vendor
+    if vendor == "sqlite":
         version = ".".join(map(str, connection.Database.sqlite_version_info))
-    elif connection.vendor == "mysql":
-        version = "MariaDB " + ".".join(map(str, connection.mysql_version))
+    elif vendor == "mysql":
+        vendor = "mariadb" if connection.mysql_is_mariadb else "mysql"
+        version = ".".join(map(str, connection.mysql_version))
     else:
         version = str(connection.pg_version)
     return {
@@ -209,7 +211,7 @@ def run_worker(database_url: str, rounds: int, per_round: int) -> dict[str, Any]
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
         "python": platform.python_version(),
         "django": django.get_version(),
-        "database": f"{connection.vendor} {version}",
+        "database": f"{vendor} {version}",
         "rounds": rounds,
         "requests_per_round": per_round,
         "seconds": round(time.monotonic() - started, 1),
@@ -220,7 +222,7 @@ def run_worker(database_url: str, rounds: int, per_round: int) -> dict[str, Any]
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_url_option(parser)
-    parser.add_argument("--databases", default="sqlite,postgresql")
+    parser.add_argument("--databases", default="sqlite,postgresql,mariadb")
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--per-round", type=int, default=100)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
