@@ -258,6 +258,40 @@ def _execute_binary(conn: BaseDatabaseWrapper, statement: str, params: list[Any]
         return int(cursor.rowcount)
 
 
+_binary_cursor_class: type[Any] | None = None
+
+
+def _reading_cursor(conn: BaseDatabaseWrapper) -> Any:
+    """A cursor for the reads that may carry a stored body back.
+
+    Django's default psycopg 3 cursor binds client-side, and a client-side cursor gets
+    its results as text: a ``bytea`` comes back hex-escaped, twice its size, and is
+    unescaped into a third and a fourth buffer before it is a ``bytes``, so a replay
+    held five times the body. This one binds server-side and asks for binary results:
+    the body arrives as it is, and becomes ``bytes`` in one copy. It is wrapped like
+    any Django cursor, so it joins the connection's transaction and is counted in
+    ``connection.queries``. Elsewhere it is the connection's own cursor.
+    """
+    if not _binds_binary(conn):
+        return conn.cursor()
+    global _binary_cursor_class
+    if _binary_cursor_class is None:
+        import psycopg
+
+        class BinaryCursor(psycopg.Cursor[Any]):
+            def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+                # Never a named prepared statement (see _execute_binary).
+                return super().execute(query, params, prepare=False, binary=True)
+
+        _binary_cursor_class = BinaryCursor
+    conn.close_if_health_check_failed()
+    conn.ensure_connection()
+    with conn.wrap_database_errors:
+        raw = _binary_cursor_class(conn.connection)
+    conn.validate_thread_sharing()
+    return conn.make_debug_cursor(raw) if conn.queries_logged else conn.make_cursor(raw)
+
+
 class Store:
     """Statements against one database alias."""
 
@@ -354,6 +388,7 @@ class Store:
                             raise
                     else:
                         return int(cursor.lastrowid)
+            with _reading_cursor(conn) as cursor:
                 cursor.execute(sql.fetch_locking if relock else sql.fetch, fetch_params)
                 row = cursor.fetchone()
             return Existing.from_row(row) if row is not None else None
@@ -366,7 +401,7 @@ class Store:
 
         def work() -> Existing | None:
             fetch = sql.fetch_locking if conn.in_atomic_block else sql.fetch
-            with conn.cursor() as cursor:
+            with _reading_cursor(conn) as cursor:
                 cursor.execute(fetch, [ts(now), ts(now), scope, key])
                 row = cursor.fetchone()
             return Existing.from_row(row) if row is not None else None

@@ -16,6 +16,7 @@ from django.contrib.auth.models import Group
 from django.db import OperationalError, connection, connections, transaction
 from django.http import HttpRequest, HttpResponse
 from django.test import Client, override_settings
+from django.test.utils import CaptureQueriesContext
 from django.urls import path
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
@@ -282,3 +283,36 @@ def test_a_claim_inside_an_old_snapshot_finds_the_latest_row(seen_running: bool)
 
     assert isinstance(found, store_module.Existing)
     assert (found.state, found.status, found.body) == ("completed", 201, b"done")
+
+
+# ---------------------------------------------------------------- reading bodies back
+
+
+@pytest.mark.postgres
+def test_on_postgresql_a_stored_body_is_read_back_in_binary() -> None:
+    # As text, a bytea arrives hex-escaped (twice its size) and is unescaped twice
+    # more before it is a bytes: a 20 MiB replay held about five times the body.
+    from psycopg import pq
+
+    connection.ensure_connection()
+    raw = connection.connection
+    saved = raw.prepare_threshold
+    raw.prepare_threshold = 0  # would prepare every server-bound statement at once
+    body = bytes(range(256)) * 4
+    try:
+        with (
+            CaptureQueriesContext(connection) as queries,
+            store_module._reading_cursor(connection) as cursor,
+        ):
+            cursor.execute("SELECT %s::bytea", [body])
+            result_format = cursor.cursor.pgresult.fformat(0)
+            (value,) = cursor.fetchone()
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_prepared_statements")
+            (prepared,) = cursor.fetchone()
+    finally:
+        raw.prepare_threshold = saved
+    assert result_format == pq.Format.BINARY
+    assert value == body
+    assert len(queries.captured_queries) == 1  # a Django cursor: counted like any other
+    assert prepared == 0
