@@ -63,8 +63,9 @@ def _max_allowed_packet() -> int:
 
 def test_a_body_of_several_mib_is_stored_and_replayed() -> None:
     key = str(uuid.uuid4())
-    first = _post(key, 6 * MIB)
-    replay = _post(key, 6 * MIB)
+    with override_settings(IDEMPOTENCY={"MAX_RESPONSE_SIZE": 8 * MIB}):
+        first = _post(key, 6 * MIB)
+        replay = _post(key, 6 * MIB)
 
     assert first.status_code == 201
     assert replay["Idempotent-Replayed"] == "true"
@@ -73,10 +74,27 @@ def test_a_body_of_several_mib_is_stored_and_replayed() -> None:
     assert Group.objects.count() == 1
 
 
+def test_the_default_limit_stores_4_mib_and_refuses_a_byte_more() -> None:
+    at, over = str(uuid.uuid4()), str(uuid.uuid4())
+    first = _post(at, 4 * MIB)
+    replay = _post(at, 4 * MIB)
+    refused = _post(over, 4 * MIB + 1)
+
+    assert first.status_code == 201
+    assert replay["Idempotent-Replayed"] == "true"
+    assert replay.content == first.content
+    assert refused.status_code == 500
+    assert refused.json()["code"] == "idempotency_response_too_large"
+    assert bytes(IdempotencyResponse.objects.get().body) == first.content
+    assert IdempotencyKey.objects.get(key=over).state == "released"
+    assert Group.objects.count() == 1
+
+
 @pytest.mark.mysql
 def test_a_body_past_max_allowed_packet_is_a_503_and_nothing_is_kept() -> None:
     key = str(uuid.uuid4())
-    first = _post(key, _max_allowed_packet() + MIB)
+    with override_settings(IDEMPOTENCY={"MAX_RESPONSE_SIZE": None}):
+        first = _post(key, _max_allowed_packet() + MIB)
 
     assert first.status_code == 503
     assert first.json()["code"] == "idempotency_store_unavailable"
@@ -95,7 +113,7 @@ def test_a_body_past_max_allowed_packet_is_a_503_and_nothing_is_kept() -> None:
 @pytest.mark.mysql
 def test_a_body_past_max_allowed_packet_without_atomic_is_sent_unstored() -> None:
     key = str(uuid.uuid4())
-    with override_settings(IDEMPOTENCY={"ATOMIC": False}):
+    with override_settings(IDEMPOTENCY={"ATOMIC": False, "MAX_RESPONSE_SIZE": None}):
         first = _post(key, _max_allowed_packet() + MIB)
         retry = _post(key, 1024)
 
