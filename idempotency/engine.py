@@ -549,6 +549,13 @@ class Claim:
         if limit is not None and len(body) > limit:
             why = f"larger than IDEMPOTENCY['MAX_RESPONSE_SIZE'] ({limit} bytes)"
             return self._too_large(response, len(body), why)
+        try:
+            refusal = self.store.refusal(body, headers)
+        except DatabaseError as exc:
+            logger.exception("Could not store the response for idempotency key %r.", self.key)
+            return self._store_failed(response, exc)
+        if refusal is not None:
+            return self._too_large(response, len(body), f"too large for the store: {refusal}")
         container = getattr(response, "_container", None)
         if isinstance(container, list) and len(container) > 1:
             # Written in parts (write()): send the joined body, so that the parts are
@@ -591,8 +598,8 @@ class Claim:
         return response
 
     def _too_large(self, response: HttpResponse, size: int, why: str) -> HttpResponseBase:
-        """A storable response whose body is over ``MAX_RESPONSE_SIZE`` (``why``, for
-        the log).
+        """A storable response whose body is over ``MAX_RESPONSE_SIZE``, or that the
+        store's database cannot take (``why`` says which, for the log).
 
         No part of it is stored. With ``ATOMIC`` the view's writes are rolled back and
         the key freed: nothing happened, and the client is told why. Without it the

@@ -33,25 +33,23 @@ RESPONSES_TABLE = IdempotencyResponse._meta.db_table
 
 @csrf_exempt
 def large(request: HttpRequest) -> HttpResponse:
-    """Writes a row, answers ``X-Size`` random bytes (no compression can shrink them)."""
+    """Writes a row, answers ``X-Size`` random bytes (no compression can shrink them),
+    or ``X-Size`` times the byte ``X-Fill``."""
     Group.objects.create(name=uuid.uuid4().hex)
-    return HttpResponse(
-        os.urandom(int(request.headers["X-Size"])),
-        status=201,
-        content_type="application/octet-stream",
-    )
+    size = int(request.headers["X-Size"])
+    fill = request.headers.get("X-Fill")
+    body = fill.encode() * size if fill else os.urandom(size)
+    return HttpResponse(body, status=201, content_type="application/octet-stream")
 
 
 urlpatterns = [path("large/", large)]
 
 
-def _post(key: str, size: int) -> Any:
-    return Client().post(
-        "/large/",
-        b"{}",
-        content_type="application/json",
-        headers={"Idempotency-Key": key, "X-Size": str(size)},
-    )
+def _post(key: str, size: int, fill: str | None = None) -> Any:
+    headers = {"Idempotency-Key": key, "X-Size": str(size)}
+    if fill is not None:
+        headers["X-Fill"] = fill
+    return Client().post("/large/", b"{}", content_type="application/json", headers=headers)
 
 
 def _max_allowed_packet() -> int:
@@ -91,13 +89,16 @@ def test_the_default_limit_stores_4_mib_and_refuses_a_byte_more() -> None:
 
 
 @pytest.mark.mysql
-def test_a_body_past_max_allowed_packet_is_a_503_and_nothing_is_kept() -> None:
+def test_a_body_past_max_allowed_packet_is_refused_before_it_is_sent() -> None:
+    # No limit of the app's own: the server's is the one that applies. The store
+    # measures the statement first, instead of sending what the server refuses
+    # (error 1153, after which it may close the connection).
     key = str(uuid.uuid4())
     with override_settings(IDEMPOTENCY={"MAX_RESPONSE_SIZE": None}):
         first = _post(key, _max_allowed_packet() + MIB)
 
-    assert first.status_code == 503
-    assert first.json()["code"] == "idempotency_store_unavailable"
+    assert first.status_code == 500
+    assert first.json()["code"] == "idempotency_response_too_large"
     # Not half stored: the key is free again, without a response, and the view's row
     # went with the rolled-back transaction.
     assert list(IdempotencyKey.objects.values_list("state", flat=True)) == ["released"]
@@ -111,20 +112,74 @@ def test_a_body_past_max_allowed_packet_is_a_503_and_nothing_is_kept() -> None:
 
 
 @pytest.mark.mysql
-def test_a_body_past_max_allowed_packet_without_atomic_is_sent_unstored() -> None:
+def test_a_body_that_escaping_takes_past_max_allowed_packet_is_refused() -> None:
+    # Quotes are sent as two bytes each: a body of 60 % of the packet's size in quotes
+    # takes 120 % of it in the statement.
+    key = str(uuid.uuid4())
+    size = _max_allowed_packet() * 6 // 10
+    with override_settings(IDEMPOTENCY={"MAX_RESPONSE_SIZE": None}):
+        first = _post(key, size, fill="'")
+
+    assert first.status_code == 500
+    assert first.json()["code"] == "idempotency_response_too_large"
+    assert IdempotencyResponse.objects.count() == 0
+    assert Group.objects.count() == 0
+
+
+@pytest.mark.mysql
+def test_a_body_just_under_max_allowed_packet_is_stored_and_replayed() -> None:
+    # Random bytes: about 3 % of them are escaped, so 90 % of the packet fits, though
+    # twice the body would not. The store counts the escapes, and sends it.
+    key = str(uuid.uuid4())
+    size = _max_allowed_packet() * 9 // 10
+    with override_settings(IDEMPOTENCY={"MAX_RESPONSE_SIZE": None}):
+        first = _post(key, size)
+        replay = _post(key, size)
+
+    assert first.status_code == 201
+    assert replay["Idempotent-Replayed"] == "true"
+    assert replay.content == first.content
+    assert bytes(IdempotencyResponse.objects.get().body) == first.content
+    assert Group.objects.count() == 1
+
+
+@pytest.mark.mysql
+def test_a_body_past_max_allowed_packet_without_atomic_is_sent_and_never_run_again() -> None:
     key = str(uuid.uuid4())
     with override_settings(IDEMPOTENCY={"ATOMIC": False, "MAX_RESPONSE_SIZE": None}):
         first = _post(key, _max_allowed_packet() + MIB)
         retry = _post(key, 1024)
 
-    # The view's write stands and cannot be undone: its answer goes out, the key stays
-    # held until its lease ends, so that a retry cannot run the operation twice.
+    # The view's write stands and cannot be undone: its answer goes out, and the key
+    # keeps a stand-in, so that no retry runs the operation twice.
     assert first.status_code == 201
-    assert list(IdempotencyKey.objects.values_list("state", flat=True)) == ["running"]
-    assert IdempotencyResponse.objects.count() == 0
-    assert retry.status_code == 409
-    assert retry.json()["code"] == "idempotency_key_locked"
+    assert list(IdempotencyKey.objects.values_list("state", flat=True)) == ["completed"]
+    assert IdempotencyResponse.objects.get().status == 500
+    assert retry.status_code == 500
+    assert retry["Idempotent-Replayed"] == "true"
+    assert retry.json()["code"] == "idempotency_response_not_kept"
     assert Group.objects.count() == 1
+
+
+def test_the_packet_size_is_read_once_per_connection() -> None:
+    if connection.vendor != "mysql":
+        pytest.skip("needs MariaDB or MySQL")
+    connection.close()
+    connection.ensure_connection()
+    store = store_module.Store("default")
+    with CaptureQueriesContext(connection) as queries:
+        assert store.refusal(bytes(store_module.PACKET_CHECK_MIN), []) is None
+        assert store.refusal(bytes(store_module.PACKET_CHECK_MIN), []) is None
+    assert [q["sql"] for q in queries.captured_queries] == ["SELECT @@max_allowed_packet"]
+
+
+def test_small_bodies_and_other_databases_cost_no_query() -> None:
+    store = store_module.Store("default")
+    with CaptureQueriesContext(connection) as queries:
+        assert store.refusal(bytes(store_module.PACKET_CHECK_MIN - 1), []) is None
+        if connection.vendor != "mysql":
+            assert store.refusal(bytes(8 * MIB), []) is None
+    assert queries.captured_queries == []
 
 
 # ---------------------------------------------------------------- InnoDB deadlocks
