@@ -13,14 +13,14 @@ from typing import Any
 
 from django.apps import AppConfig, apps
 from django.conf import settings
-from django.core.checks import CheckMessage, Error, Warning, register
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.db import connections, router
 from django.db.utils import load_backend
 from django.utils.connection import ConnectionDoesNotExist
 from django.utils.module_loading import import_string
 
 from idempotency.conf import SETTING_NAME, SettingError, user_setting, validate
-from idempotency.store import SUPPORTED_VENDORS
+from idempotency.store import STATEMENT_MARGIN, SUPPORTED_VENDORS, max_allowed_packet
 
 TAG = "idempotency"
 
@@ -296,5 +296,79 @@ def check_atomic_requests(app_configs: AppConfigs = None, **kwargs: Any) -> list
             f"{SETTING_NAME}['ATOMIC'], which runs each protected view in a transaction, or "
             "use IdempotencyMiddleware, which claims before the request's transaction begins.",
             id="idempotency.W005",
+        )
+    ]
+
+
+#: The largest value PostgreSQL keeps in a field, and the largest message it takes.
+POSTGRES_MAX_VALUE = 1024**3 - 1
+#: SQLite's default SQLITE_MAX_LENGTH, where the limit cannot be read (Python < 3.11).
+SQLITE_DEFAULT_MAX_LENGTH = 1_000_000_000
+
+
+def _response_capacity(alias: str) -> tuple[int, str]:
+    """The largest body the store's database ``alias`` takes in one statement, and why."""
+    conn = connections[alias]
+    if conn.vendor == "mysql":
+        packet = max_allowed_packet(conn)
+        return (packet - STATEMENT_MARGIN) // 2, (
+            f"its max_allowed_packet is {packet} bytes, and a body goes in the statement "
+            "escaped, which may double it"
+        )
+    if conn.vendor == "postgresql":
+        from django.db.backends.postgresql.psycopg_any import is_psycopg3
+
+        if is_psycopg3:
+            return POSTGRES_MAX_VALUE - STATEMENT_MARGIN, "PostgreSQL keeps at most 1 GB in a field"
+        return (POSTGRES_MAX_VALUE - STATEMENT_MARGIN) // 2, (
+            "psycopg2 sends the body hex-escaped in the query, which PostgreSQL takes up to 1 GB"
+        )
+    conn.ensure_connection()
+    getlimit = getattr(conn.connection, "getlimit", None)
+    if getlimit is None:
+        length = SQLITE_DEFAULT_MAX_LENGTH
+    else:
+        import sqlite3
+
+        # Python 3.11+, like getlimit() itself.
+        length = int(getlimit(getattr(sqlite3, "SQLITE_LIMIT_LENGTH", 0)))
+    return length, f"its SQLITE_LIMIT_LENGTH is {length} bytes"
+
+
+@register(TAG, Tags.database)
+def check_response_size(
+    app_configs: AppConfigs = None, databases: Sequence[str] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """``MAX_RESPONSE_SIZE`` above what the store's database takes in one statement.
+
+    A database check: it asks the server, so it runs with ``migrate`` and
+    ``check --database``, when the store's alias is among the databases checked.
+    """
+    values, _problems = validate(user_setting())
+    alias = values.get("DATABASE")
+    if alias is None or not databases or alias not in databases:
+        return []
+    if "MAX_RESPONSE_SIZE" not in values or _vendor(alias) not in SUPPORTED_VENDORS:
+        return []  # idempotency.E004, idempotency.E008
+    limit = values["MAX_RESPONSE_SIZE"]
+    capacity, reason = _response_capacity(alias)
+    if limit is not None and limit <= capacity:
+        return []
+    setting = f"{SETTING_NAME}['MAX_RESPONSE_SIZE']"
+    stated = "None (no limit)" if limit is None else f"{limit} bytes"
+    hint = f"Set {setting} to {capacity} or less"
+    if limit is not None and connections[alias].vendor == "mysql":
+        needed = 2 * limit + STATEMENT_MARGIN
+        hint += f", or raise max_allowed_packet on the server to at least {needed} bytes"
+    hint += ". If no response gets that large, silence idempotency.W007."
+    return [
+        Warning(
+            f"{setting} is {stated}, but the store's database {alias!r} takes a response "
+            f"body of at most {capacity} bytes ({reason}): a larger response is not "
+            "stored. With ATOMIC its request is rolled back and answers 500 "
+            "idempotency_response_too_large; without, its retries get 500 "
+            "idempotency_response_not_kept.",
+            hint=hint,
+            id="idempotency.W007",
         )
     ]

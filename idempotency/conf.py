@@ -28,6 +28,8 @@ CODES = (
     "idempotency_key_locked",
     "idempotency_store_unavailable",
     "idempotency_request_too_large",
+    "idempotency_response_too_large",
+    "idempotency_response_not_kept",
 )
 
 DEFAULTS: dict[str, Any] = {
@@ -49,6 +51,7 @@ DEFAULTS: dict[str, Any] = {
     "RETRY_AFTER": 1,
     "PROBLEM_TYPES": {},
     "EXEMPT_PATHS": (),
+    "MAX_RESPONSE_SIZE": 4 * 1024 * 1024,
 }
 
 #: The longest key the ``key`` column can hold.
@@ -226,6 +229,14 @@ def _problem_types(name: str, value: Any) -> dict[str, str]:
     return dict(value)
 
 
+def _size_or_none(name: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise _fail(name, "None or a number of bytes (an integer, 0 or more)", value)
+    return value
+
+
 def _patterns(name: str, value: Any) -> tuple[re.Pattern[str], ...]:
     patterns = _strings(name, value)
     try:
@@ -255,6 +266,7 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "RETRY_AFTER": _retry_after,
     "PROBLEM_TYPES": _problem_types,
     "EXEMPT_PATHS": _patterns,
+    "MAX_RESPONSE_SIZE": _size_or_none,
 }
 
 
@@ -327,6 +339,7 @@ class Resolved:
     retry_after: int
     problem_types: dict[str, str]
     exempt_paths: tuple[re.Pattern[str], ...]
+    max_response_size: int | None
 
     def __init__(self, user: Any) -> None:
         """Raise the first problem :func:`validate` finds in ``user``, as ``SettingError``."""
@@ -354,6 +367,7 @@ class Resolved:
         self.retry_after = values["RETRY_AFTER"]
         self.problem_types = values["PROBLEM_TYPES"]
         self.exempt_paths = values["EXEMPT_PATHS"]
+        self.max_response_size = values["MAX_RESPONSE_SIZE"]
 
 
 class IdempotencySettings:

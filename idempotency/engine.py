@@ -543,6 +543,30 @@ class Claim:
             # The view's own error handling (e.g. DRF's) asked for its writes to be undone:
             # do that, and store the response it answered with on its own.
             self._close_atomic(commit=False)
+        body = response.content
+        headers = storable_headers(response)
+        limit = settings.max_response_size
+        if limit is not None and len(body) > limit:
+            why = f"larger than IDEMPOTENCY['MAX_RESPONSE_SIZE'] ({limit} bytes)"
+            return self._too_large(response, len(body), why)
+        try:
+            refusal = self.store.refusal(body, headers)
+        except DatabaseError as exc:
+            logger.exception("Could not store the response for idempotency key %r.", self.key)
+            return self._store_failed(response, exc)
+        if refusal is not None:
+            return self._too_large(response, len(body), f"too large for the store: {refusal}")
+        container = getattr(response, "_container", None)
+        if isinstance(container, list) and len(container) > 1:
+            # Written in parts (write()): send the joined body, so that the parts are
+            # not held beside it and the copy the store sends.
+            response.content = body
+        return self._store(response, status, headers, body)
+
+    def _store(
+        self, response: HttpResponse, status: int, headers: list[list[str]], body: bytes
+    ) -> HttpResponseBase:
+        """Store ``status``, ``headers`` and ``body`` under the key, then send ``response``."""
         now = timezone.now()
         try:
             stored = self.store.complete(
@@ -551,8 +575,8 @@ class Claim:
                 now=now,
                 expires_at=now + timedelta(seconds=self.ttl),
                 status=status,
-                headers=storable_headers(response),
-                body=response.content,
+                headers=headers,
+                body=body,
             )
         except DatabaseError as exc:
             logger.exception("Could not store the response for idempotency key %r.", self.key)
@@ -572,6 +596,64 @@ class Claim:
             duration=time.monotonic() - self.started,
         )
         return response
+
+    def _too_large(self, response: HttpResponse, size: int, why: str) -> HttpResponseBase:
+        """A storable response whose body is over ``MAX_RESPONSE_SIZE``, or that the
+        store's database cannot take (``why`` says which, for the log).
+
+        No part of it is stored. With ``ATOMIC`` the view's writes are rolled back and
+        the key freed: nothing happened, and the client is told why. Without it the
+        view's effects stand, so the key must not be freed for the view to run again:
+        the client gets the response, and the key keeps a stand-in that tells a retry
+        its answer was not kept.
+        """
+        status = response.status_code
+        if self.atomic:
+            logger.error(
+                "The %d response to %s %s (%d bytes) is %s, so it was not stored: the "
+                "view's writes were rolled back, idempotency key %r was released, and the "
+                "client got 500 idempotency_response_too_large.",
+                status,
+                self.request.method,
+                self.request.path,
+                size,
+                why,
+                self.key,
+            )
+            answer = self._end_unstored(response, commit=False, reason="too_large")
+            if answer is not response:
+                return answer  # the store failed on the way: its 503
+            return problem(
+                "idempotency_response_too_large",
+                500,
+                "The response to this request was too large for the server to keep "
+                "under its idempotency key, so the request was rolled back and had no "
+                "effect. It may be sent again, but while its response is as large it "
+                "gets this answer again.",
+                self.settings,
+            )
+        logger.error(
+            "The %d response to %s %s (%d bytes) is %s, so it was not stored. The view "
+            "is not atomic and its effects stand: idempotency key %r keeps a stand-in, "
+            "and a retry gets 500 idempotency_response_not_kept instead of the response.",
+            status,
+            self.request.method,
+            self.request.path,
+            size,
+            why,
+            self.key,
+        )
+        stand_in = problem(
+            "idempotency_response_not_kept",
+            500,
+            f"The request with this key was processed and answered {status}, but that "
+            "response was too large for the server to keep, so it cannot be sent again. "
+            "The request was not run again.",
+            self.settings,
+        )
+        return self._store(
+            response, stand_in.status_code, storable_headers(stand_in), stand_in.content
+        )
 
     def discard(self, response: HttpResponseBase) -> HttpResponseBase:
         """Send ``response`` without storing it: undo the view's writes, free the key."""

@@ -22,10 +22,12 @@ TITLES = {
     "idempotency_key_invalid": "Idempotency-Key is malformed",
     "idempotency_key_mismatch": "Idempotency-Key is already used for a different request",
     "idempotency_key_locked": "A request with this Idempotency-Key is still being processed",
-    # These two have no section in the draft, so their type is about:blank, and
+    # These have no section in the draft, so their type is about:blank, and
     # RFC 9457 asks for the status phrase as the title.
     "idempotency_store_unavailable": "Service Unavailable",
     "idempotency_request_too_large": "Content Too Large",
+    "idempotency_response_too_large": "Internal Server Error",
+    "idempotency_response_not_kept": "Internal Server Error",
 }
 
 CONTENT_TYPE = "application/problem+json"

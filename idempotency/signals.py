@@ -18,6 +18,8 @@ and, per signal:
     ``status`` (int) and ``duration`` (seconds from the claim to the commit of the
     stored response, float). Sent once the response is durable: after the commit
     (after the outer transaction's, under ``ATOMIC_REQUESTS``; never if it rolls back).
+    With ``ATOMIC`` off, a response over ``MAX_RESPONSE_SIZE`` stores a stand-in
+    (``idempotency_response_not_kept``), and ``status`` is its 500.
 :data:`response_replayed`
     ``status``: the stored status sent again. The view did not run.
 :data:`conflict`
@@ -32,7 +34,8 @@ and, per signal:
     ``"rejected"`` (the caller was refused inside a DRF handler: authentication,
     DRF's or Django's ``PermissionDenied``, throttling), ``"store_failed"`` (the response could not be
     stored; with ``ATOMIC`` the view's writes were rolled back and the client got a
-    503).
+    503), ``"too_large"`` (with ``ATOMIC``, a response over ``MAX_RESPONSE_SIZE``: the
+    view's writes were rolled back and the client got a 500).
 :data:`store_unavailable`
     ``error``: the database exception. The client got a 503
     ``idempotency_store_unavailable``; ``scope`` may be ``None`` if it was not

@@ -258,6 +258,84 @@ def _execute_binary(conn: BaseDatabaseWrapper, statement: str, params: list[Any]
         return int(cursor.rowcount)
 
 
+#: Room left beside a response's escaped body for the rest of its completion statement
+#: on MariaDB/MySQL (the SQL, the key's id, the escaped headers), by the system check
+#: idempotency.W007 when it says how large a body the server takes.
+STATEMENT_MARGIN = 64 * 1024
+
+#: The bytes that MariaDB/MySQL string escaping (``mysql_real_escape_string``) turns
+#: into two: a body goes to the server as an escaped literal in the query text.
+_MYSQL_ESCAPED = (b"\\", b"'", b'"', b"\x00", b"\n", b"\r", b"\x1a")
+
+#: From this size on, a body is measured against the server's ``max_allowed_packet``
+#: before it is sent; below it, it fits any server the app supports.
+PACKET_CHECK_MIN = 64 * 1024
+
+_PACKET_ATTR = "_idempotency_max_allowed_packet"
+
+#: The completion statement without its values, and the quotes around them, at most.
+_STATEMENT_SQL = 1024
+
+
+def max_allowed_packet(conn: BaseDatabaseWrapper) -> int:
+    """The largest statement, in bytes, that the MariaDB/MySQL server of ``conn`` takes.
+
+    Read once per connection: the session value is fixed when the connection opens.
+    """
+    conn.ensure_connection()
+    raw = conn.connection
+    # Kept with the connection it was read on (not its id, which a new one may reuse).
+    cached = getattr(conn, _PACKET_ATTR, None)
+    if cached is not None and cached[0] is raw:
+        return int(cached[1])
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT @@max_allowed_packet")
+        row = cursor.fetchone()
+    packet = int(row[0])
+    setattr(conn, _PACKET_ATTR, (raw, packet))
+    return packet
+
+
+def mysql_statement_size(body: bytes, headers_json: str) -> int:
+    """An upper bound of the size of the statement that stores ``body`` on MariaDB/MySQL."""
+    escaped = len(body) + sum(body.count(byte) for byte in _MYSQL_ESCAPED)
+    return escaped + 2 * len(headers_json.encode()) + _STATEMENT_SQL
+
+
+_binary_cursor_class: type[Any] | None = None
+
+
+def _reading_cursor(conn: BaseDatabaseWrapper) -> Any:
+    """A cursor for the reads that may carry a stored body back.
+
+    Django's default psycopg 3 cursor binds client-side, and a client-side cursor gets
+    its results as text: a ``bytea`` comes back hex-escaped, twice its size, and is
+    unescaped into a third and a fourth buffer before it is a ``bytes``, so a replay
+    held five times the body. This one binds server-side and asks for binary results:
+    the body arrives as it is, and becomes ``bytes`` in one copy. It is wrapped like
+    any Django cursor, so it joins the connection's transaction and is counted in
+    ``connection.queries``. Elsewhere it is the connection's own cursor.
+    """
+    if not _binds_binary(conn):
+        return conn.cursor()
+    global _binary_cursor_class
+    if _binary_cursor_class is None:
+        import psycopg
+
+        class BinaryCursor(psycopg.Cursor[Any]):
+            def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+                # Never a named prepared statement (see _execute_binary).
+                return super().execute(query, params, prepare=False, binary=True)
+
+        _binary_cursor_class = BinaryCursor
+    conn.close_if_health_check_failed()
+    conn.ensure_connection()
+    with conn.wrap_database_errors:
+        raw = _binary_cursor_class(conn.connection)
+    conn.validate_thread_sharing()
+    return conn.make_debug_cursor(raw) if conn.queries_logged else conn.make_cursor(raw)
+
+
 class Store:
     """Statements against one database alias."""
 
@@ -354,6 +432,7 @@ class Store:
                             raise
                     else:
                         return int(cursor.lastrowid)
+            with _reading_cursor(conn) as cursor:
                 cursor.execute(sql.fetch_locking if relock else sql.fetch, fetch_params)
                 row = cursor.fetchone()
             return Existing.from_row(row) if row is not None else None
@@ -366,7 +445,7 @@ class Store:
 
         def work() -> Existing | None:
             fetch = sql.fetch_locking if conn.in_atomic_block else sql.fetch
-            with conn.cursor() as cursor:
+            with _reading_cursor(conn) as cursor:
                 cursor.execute(fetch, [ts(now), ts(now), scope, key])
                 row = cursor.fetchone()
             return Existing.from_row(row) if row is not None else None
@@ -406,6 +485,30 @@ class Store:
             return won
 
         return self.retrying(conn, work)
+
+    def refusal(self, body: bytes, headers: list[list[str]]) -> str | None:
+        """Why the database would refuse a statement that stores ``body``, or None.
+
+        MariaDB and MySQL refuse a statement larger than ``max_allowed_packet``, and
+        the body travels in it escaped (each quote, backslash, NUL, CR, LF and ^Z is
+        sent as two bytes). Sent anyway, the completion fails, and the server may
+        close the connection, so that the key cannot even be released. SQLite and
+        PostgreSQL take a value of up to 1 GB.
+        """
+        conn = self.connection
+        if conn.vendor != "mysql" or len(body) < PACKET_CHECK_MIN:
+            return None
+        packet = max_allowed_packet(conn)
+        headers_json = json.dumps(headers, separators=(",", ":"))
+        if 2 * len(body) + 2 * len(headers_json.encode()) + _STATEMENT_SQL <= packet:
+            return None  # fits however much of it escaping doubles: no need to count
+        needed = mysql_statement_size(body, headers_json)
+        if needed <= packet:
+            return None
+        return (
+            f"its statement ({needed} bytes, escaped) is larger than the server's "
+            f"max_allowed_packet ({packet} bytes)"
+        )
 
     def complete(
         self,

@@ -15,17 +15,30 @@ TYPES = {
     "idempotency_key_locked": f"{DRAFT}#section-2.6",
     "idempotency_store_unavailable": "about:blank",
     "idempotency_request_too_large": "about:blank",
+    "idempotency_response_too_large": "about:blank",
+    "idempotency_response_not_kept": "about:blank",
 }
 
 
 def assert_problem(
-    response: Any, status: int, code: str, *, type_uri: str | None = None
+    response: Any,
+    status: int,
+    code: str,
+    *,
+    type_uri: str | None = None,
+    replayed: bool = False,
 ) -> dict[str, Any]:
-    """An RFC 9457 problem+json answer with exactly the app's fields; returns the body."""
+    """An RFC 9457 problem+json answer with exactly the app's fields; returns the body.
+
+    ``replayed``: a stored problem sent again, with ``Idempotent-Replayed: true``.
+    """
     assert response.status_code == status
     assert response["Content-Type"] == "application/problem+json"
     assert response["Cache-Control"] == "no-store"
-    assert "Idempotent-Replayed" not in response
+    if replayed:
+        assert response["Idempotent-Replayed"] == "true"
+    else:
+        assert "Idempotent-Replayed" not in response
     body = json.loads(response.content)
     assert set(body) == {"type", "title", "status", "detail", "code"}
     assert body["type"] == (type_uri or TYPES[code])

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import warnings
@@ -716,3 +717,129 @@ def test_check_command_warns_w005() -> None:
     assert "?: (idempotency.W005) DATABASES['default'] (the idempotency store)" in err
     assert "System check identified 1 issue (0 silenced)." in err
     assert out == ""
+
+
+# ------------------------------------------------------------- response size (W007)
+
+
+def _capacity() -> int:
+    """What the test database takes, found without the check's own arithmetic."""
+    from django.db import connection
+
+    if connection.vendor == "mysql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT @@max_allowed_packet")
+            (packet,) = cursor.fetchone()
+        return (int(packet) - 64 * 1024) // 2  # escaped, a body may double
+    if connection.vendor == "postgresql":
+        return 1024**3 - 1 - 64 * 1024  # 1 GB a field, psycopg 3 sends it as it is
+    connection.ensure_connection()
+    return int(connection.connection.getlimit(sqlite3.SQLITE_LIMIT_LENGTH))
+
+
+def _w007(limit: int | None, databases: list[str] | None = None) -> list[CheckMessage]:
+    with override_settings(IDEMPOTENCY={"MAX_RESPONSE_SIZE": limit}):
+        return checks.check_response_size(databases=databases or ["default"])
+
+
+@pytest.mark.django_db
+def test_the_default_response_size_fits_every_database() -> None:
+    assert checks.check_response_size(databases=["default"]) == []
+
+
+@pytest.mark.django_db
+def test_a_response_size_the_database_takes_is_fine() -> None:
+    assert _w007(_capacity()) == []
+
+
+@pytest.mark.django_db
+def test_a_response_size_past_what_the_database_takes_is_w007() -> None:
+    capacity = _capacity()
+    messages = _w007(capacity + 1)
+
+    assert ids(messages) == [("idempotency.W007", WARNING)]
+    assert messages[0].msg.startswith(
+        f"IDEMPOTENCY['MAX_RESPONSE_SIZE'] is {capacity + 1} bytes, but the store's "
+        f"database 'default' takes a response body of at most {capacity} bytes ("
+    )
+    assert "500 idempotency_response_too_large" in messages[0].msg
+    assert messages[0].hint is not None
+    assert messages[0].hint.startswith(
+        f"Set IDEMPOTENCY['MAX_RESPONSE_SIZE'] to {capacity} or less"
+    )
+
+
+@pytest.mark.mysql
+@pytest.mark.django_db
+def test_on_mariadb_w007_counts_max_allowed_packet_after_escaping() -> None:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT @@max_allowed_packet")
+        (packet,) = cursor.fetchone()
+    # A body of the packet's size could never be stored; nor one of 60 % of it
+    # made of quotes, which escaping doubles.
+    messages = _w007(int(packet) * 6 // 10)
+
+    assert ids(messages) == [("idempotency.W007", WARNING)]
+    assert f"its max_allowed_packet is {packet} bytes" in messages[0].msg
+    assert messages[0].hint is not None
+    assert "or raise max_allowed_packet on the server to at least" in messages[0].hint
+
+
+@pytest.mark.django_db
+def test_no_response_size_limit_is_w007() -> None:
+    messages = _w007(None)
+
+    assert ids(messages) == [("idempotency.W007", WARNING)]
+    assert messages[0].msg.startswith("IDEMPOTENCY['MAX_RESPONSE_SIZE'] is None (no limit), ")
+
+
+@pytest.mark.skipif(
+    not hasattr(sqlite3.Connection, "setlimit"), reason="Connection.setlimit is Python 3.11+"
+)
+@pytest.mark.django_db
+def test_on_sqlite_w007_follows_the_connections_length_limit() -> None:
+    from django.db import connection
+
+    if connection.vendor != "sqlite":
+        pytest.skip("needs SQLite")
+    connection.ensure_connection()
+    saved = connection.connection.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 100_000)
+    try:
+        assert _w007(100_000) == []
+        assert ids(_w007(100_001)) == [("idempotency.W007", WARNING)]
+    finally:
+        connection.connection.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, saved)
+
+
+def test_w007_looks_only_when_the_stores_database_is_checked() -> None:
+    # Without databases (plain ``manage.py check`` before Django 6.1, runserver), or
+    # for another alias, the check asks no server.
+    with override_settings(IDEMPOTENCY={"MAX_RESPONSE_SIZE": None}):
+        assert checks.check_response_size() == []
+        assert checks.check_response_size(databases=[]) == []
+        assert checks.check_response_size(databases=["other"]) == []
+
+
+def test_an_invalid_response_size_is_only_e004() -> None:
+    with override_settings(IDEMPOTENCY={"MAX_RESPONSE_SIZE": "4MB"}):
+        assert checks.check_response_size(databases=["default"]) == []
+        assert ids(checks.check_settings()) == [("idempotency.E004", ERROR)]
+
+
+@pytest.mark.django_db
+def test_check_command_with_the_database_warns_w007() -> None:
+    with override_settings(IDEMPOTENCY={"MAX_RESPONSE_SIZE": None}):
+        out, err = check("--database", "default")
+    assert "?: (idempotency.W007) IDEMPOTENCY['MAX_RESPONSE_SIZE'] is None" in err
+    assert "System check identified 1 issue (0 silenced)." in err
+    assert out == ""
+
+
+@pytest.mark.django_db(transaction=True)
+def test_migrate_warns_w007() -> None:
+    stdout, stderr = StringIO(), StringIO()
+    with override_settings(IDEMPOTENCY={"MAX_RESPONSE_SIZE": None}):
+        call_command("migrate", verbosity=0, skip_checks=False, stdout=stdout, stderr=stderr)
+    assert "(idempotency.W007)" in stderr.getvalue()

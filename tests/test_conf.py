@@ -25,6 +25,7 @@ def test_defaults() -> None:
     assert s.database == "default"
     assert {408, 425, 429, 500, 503, 599} <= s.non_storable
     assert not {200, 201, 400, 404, 409, 422} & s.non_storable
+    assert s.max_response_size == 4 * 1024 * 1024
 
 
 def test_reloads_on_setting_changed() -> None:
@@ -93,6 +94,10 @@ def test_not_a_dict() -> None:
         ("PROBLEM_TYPES", {"idempotency_key_bogus": "https://x"}, "keyed by error codes"),
         ("PROBLEM_TYPES", "https://x", "a dict of error code"),
         ("EXEMPT_PATHS", ["("], "valid regular expressions"),
+        ("MAX_RESPONSE_SIZE", -1, "None or a number of bytes"),
+        ("MAX_RESPONSE_SIZE", "4MB", "None or a number of bytes"),
+        ("MAX_RESPONSE_SIZE", 1.5, "None or a number of bytes"),
+        ("MAX_RESPONSE_SIZE", True, "None or a number of bytes"),
     ],
 )
 def test_wrong_types_name_the_setting_and_hint(name: str, value: object, message: str) -> None:
@@ -138,3 +143,9 @@ def test_timedelta_and_problem_types() -> None:
         s = idempotency_settings.get()
         assert s.lock_timeout == 90
         assert s.problem_types == types
+
+
+@pytest.mark.parametrize("value", [None, 0, 1, 20 * 1024 * 1024])
+def test_max_response_size_is_none_or_bytes(value: int | None) -> None:
+    with override_settings(IDEMPOTENCY={"MAX_RESPONSE_SIZE": value}):
+        assert idempotency_settings.get().max_response_size == value

@@ -16,6 +16,7 @@ from django.contrib.auth.models import Group
 from django.db import OperationalError, connection, connections, transaction
 from django.http import HttpRequest, HttpResponse
 from django.test import Client, override_settings
+from django.test.utils import CaptureQueriesContext
 from django.urls import path
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
@@ -32,25 +33,23 @@ RESPONSES_TABLE = IdempotencyResponse._meta.db_table
 
 @csrf_exempt
 def large(request: HttpRequest) -> HttpResponse:
-    """Writes a row, answers ``X-Size`` random bytes (no compression can shrink them)."""
+    """Writes a row, answers ``X-Size`` random bytes (no compression can shrink them),
+    or ``X-Size`` times the byte ``X-Fill``."""
     Group.objects.create(name=uuid.uuid4().hex)
-    return HttpResponse(
-        os.urandom(int(request.headers["X-Size"])),
-        status=201,
-        content_type="application/octet-stream",
-    )
+    size = int(request.headers["X-Size"])
+    fill = request.headers.get("X-Fill")
+    body = fill.encode() * size if fill else os.urandom(size)
+    return HttpResponse(body, status=201, content_type="application/octet-stream")
 
 
 urlpatterns = [path("large/", large)]
 
 
-def _post(key: str, size: int) -> Any:
-    return Client().post(
-        "/large/",
-        b"{}",
-        content_type="application/json",
-        headers={"Idempotency-Key": key, "X-Size": str(size)},
-    )
+def _post(key: str, size: int, fill: str | None = None) -> Any:
+    headers = {"Idempotency-Key": key, "X-Size": str(size)}
+    if fill is not None:
+        headers["X-Fill"] = fill
+    return Client().post("/large/", b"{}", content_type="application/json", headers=headers)
 
 
 def _max_allowed_packet() -> int:
@@ -62,8 +61,9 @@ def _max_allowed_packet() -> int:
 
 def test_a_body_of_several_mib_is_stored_and_replayed() -> None:
     key = str(uuid.uuid4())
-    first = _post(key, 6 * MIB)
-    replay = _post(key, 6 * MIB)
+    with override_settings(IDEMPOTENCY={"MAX_RESPONSE_SIZE": 8 * MIB}):
+        first = _post(key, 6 * MIB)
+        replay = _post(key, 6 * MIB)
 
     assert first.status_code == 201
     assert replay["Idempotent-Replayed"] == "true"
@@ -72,13 +72,33 @@ def test_a_body_of_several_mib_is_stored_and_replayed() -> None:
     assert Group.objects.count() == 1
 
 
-@pytest.mark.mysql
-def test_a_body_past_max_allowed_packet_is_a_503_and_nothing_is_kept() -> None:
-    key = str(uuid.uuid4())
-    first = _post(key, _max_allowed_packet() + MIB)
+def test_the_default_limit_stores_4_mib_and_refuses_a_byte_more() -> None:
+    at, over = str(uuid.uuid4()), str(uuid.uuid4())
+    first = _post(at, 4 * MIB)
+    replay = _post(at, 4 * MIB)
+    refused = _post(over, 4 * MIB + 1)
 
-    assert first.status_code == 503
-    assert first.json()["code"] == "idempotency_store_unavailable"
+    assert first.status_code == 201
+    assert replay["Idempotent-Replayed"] == "true"
+    assert replay.content == first.content
+    assert refused.status_code == 500
+    assert refused.json()["code"] == "idempotency_response_too_large"
+    assert bytes(IdempotencyResponse.objects.get().body) == first.content
+    assert IdempotencyKey.objects.get(key=over).state == "released"
+    assert Group.objects.count() == 1
+
+
+@pytest.mark.mysql
+def test_a_body_past_max_allowed_packet_is_refused_before_it_is_sent() -> None:
+    # No limit of the app's own: the server's is the one that applies. The store
+    # measures the statement first, instead of sending what the server refuses
+    # (error 1153, after which it may close the connection).
+    key = str(uuid.uuid4())
+    with override_settings(IDEMPOTENCY={"MAX_RESPONSE_SIZE": None}):
+        first = _post(key, _max_allowed_packet() + MIB)
+
+    assert first.status_code == 500
+    assert first.json()["code"] == "idempotency_response_too_large"
     # Not half stored: the key is free again, without a response, and the view's row
     # went with the rolled-back transaction.
     assert list(IdempotencyKey.objects.values_list("state", flat=True)) == ["released"]
@@ -92,20 +112,74 @@ def test_a_body_past_max_allowed_packet_is_a_503_and_nothing_is_kept() -> None:
 
 
 @pytest.mark.mysql
-def test_a_body_past_max_allowed_packet_without_atomic_is_sent_unstored() -> None:
+def test_a_body_that_escaping_takes_past_max_allowed_packet_is_refused() -> None:
+    # Quotes are sent as two bytes each: a body of 60 % of the packet's size in quotes
+    # takes 120 % of it in the statement.
     key = str(uuid.uuid4())
-    with override_settings(IDEMPOTENCY={"ATOMIC": False}):
+    size = _max_allowed_packet() * 6 // 10
+    with override_settings(IDEMPOTENCY={"MAX_RESPONSE_SIZE": None}):
+        first = _post(key, size, fill="'")
+
+    assert first.status_code == 500
+    assert first.json()["code"] == "idempotency_response_too_large"
+    assert IdempotencyResponse.objects.count() == 0
+    assert Group.objects.count() == 0
+
+
+@pytest.mark.mysql
+def test_a_body_just_under_max_allowed_packet_is_stored_and_replayed() -> None:
+    # Random bytes: about 3 % of them are escaped, so 90 % of the packet fits, though
+    # twice the body would not. The store counts the escapes, and sends it.
+    key = str(uuid.uuid4())
+    size = _max_allowed_packet() * 9 // 10
+    with override_settings(IDEMPOTENCY={"MAX_RESPONSE_SIZE": None}):
+        first = _post(key, size)
+        replay = _post(key, size)
+
+    assert first.status_code == 201
+    assert replay["Idempotent-Replayed"] == "true"
+    assert replay.content == first.content
+    assert bytes(IdempotencyResponse.objects.get().body) == first.content
+    assert Group.objects.count() == 1
+
+
+@pytest.mark.mysql
+def test_a_body_past_max_allowed_packet_without_atomic_is_sent_and_never_run_again() -> None:
+    key = str(uuid.uuid4())
+    with override_settings(IDEMPOTENCY={"ATOMIC": False, "MAX_RESPONSE_SIZE": None}):
         first = _post(key, _max_allowed_packet() + MIB)
         retry = _post(key, 1024)
 
-    # The view's write stands and cannot be undone: its answer goes out, the key stays
-    # held until its lease ends, so that a retry cannot run the operation twice.
+    # The view's write stands and cannot be undone: its answer goes out, and the key
+    # keeps a stand-in, so that no retry runs the operation twice.
     assert first.status_code == 201
-    assert list(IdempotencyKey.objects.values_list("state", flat=True)) == ["running"]
-    assert IdempotencyResponse.objects.count() == 0
-    assert retry.status_code == 409
-    assert retry.json()["code"] == "idempotency_key_locked"
+    assert list(IdempotencyKey.objects.values_list("state", flat=True)) == ["completed"]
+    assert IdempotencyResponse.objects.get().status == 500
+    assert retry.status_code == 500
+    assert retry["Idempotent-Replayed"] == "true"
+    assert retry.json()["code"] == "idempotency_response_not_kept"
     assert Group.objects.count() == 1
+
+
+def test_the_packet_size_is_read_once_per_connection() -> None:
+    if connection.vendor != "mysql":
+        pytest.skip("needs MariaDB or MySQL")
+    connection.close()
+    connection.ensure_connection()
+    store = store_module.Store("default")
+    with CaptureQueriesContext(connection) as queries:
+        assert store.refusal(bytes(store_module.PACKET_CHECK_MIN), []) is None
+        assert store.refusal(bytes(store_module.PACKET_CHECK_MIN), []) is None
+    assert [q["sql"] for q in queries.captured_queries] == ["SELECT @@max_allowed_packet"]
+
+
+def test_small_bodies_and_other_databases_cost_no_query() -> None:
+    store = store_module.Store("default")
+    with CaptureQueriesContext(connection) as queries:
+        assert store.refusal(bytes(store_module.PACKET_CHECK_MIN - 1), []) is None
+        if connection.vendor != "mysql":
+            assert store.refusal(bytes(8 * MIB), []) is None
+    assert queries.captured_queries == []
 
 
 # ---------------------------------------------------------------- InnoDB deadlocks
@@ -282,3 +356,36 @@ def test_a_claim_inside_an_old_snapshot_finds_the_latest_row(seen_running: bool)
 
     assert isinstance(found, store_module.Existing)
     assert (found.state, found.status, found.body) == ("completed", 201, b"done")
+
+
+# ---------------------------------------------------------------- reading bodies back
+
+
+@pytest.mark.postgres
+def test_on_postgresql_a_stored_body_is_read_back_in_binary() -> None:
+    # As text, a bytea arrives hex-escaped (twice its size) and is unescaped twice
+    # more before it is a bytes: a 20 MiB replay held about five times the body.
+    from psycopg import pq
+
+    connection.ensure_connection()
+    raw = connection.connection
+    saved = raw.prepare_threshold
+    raw.prepare_threshold = 0  # would prepare every server-bound statement at once
+    body = bytes(range(256)) * 4
+    try:
+        with (
+            CaptureQueriesContext(connection) as queries,
+            store_module._reading_cursor(connection) as cursor,
+        ):
+            cursor.execute("SELECT %s::bytea", [body])
+            result_format = cursor.cursor.pgresult.fformat(0)
+            (value,) = cursor.fetchone()
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_prepared_statements")
+            (prepared,) = cursor.fetchone()
+    finally:
+        raw.prepare_threshold = saved
+    assert result_format == pq.Format.BINARY
+    assert value == body
+    assert len(queries.captured_queries) == 1  # a Django cursor: counted like any other
+    assert prepared == 0

@@ -1,16 +1,24 @@
-"""Peak memory of storing and replaying a 5 MiB response, on SQLite and PostgreSQL.
+"""Peak memory of storing and of replaying a 20 MiB response, on SQLite, PostgreSQL and MariaDB.
 
 Not a test (pytest never collects ``tests/benchmarks``). ``tox -e bench`` runs it; or::
 
-    python tests/benchmarks/bench_memory.py [--url postgres://...] [--mib 5]
+    python tests/benchmarks/bench_memory.py [--url postgres://...] [--mysql-url mysql://...]
+        [--mib 20] [--rounds 3]
 
-Without ``--url`` (or ``TEST_POSTGRES_URL``) it starts a throwaway PostgreSQL.
+Without ``--url`` (or ``TEST_POSTGRES_URL``) it starts a throwaway PostgreSQL. MariaDB
+(or MySQL) is measured when ``--mysql-url`` (or ``TEST_MYSQL_URL``) names a server; a
+database ``bench_memory`` is created there, and the server's ``max_allowed_packet`` is
+raised with ``SET GLOBAL`` if it cannot carry the body (a 20 MiB body does not fit
+the default 16 MiB).
 
-Each measurement runs in a fresh process, like a worker: it serves the same 5 MiB
-response without a key until its peak RSS (``ru_maxrss``) settles, then sends it with
-a key (the response is stored), then again (the response is replayed). What it reports
-is how much each of those raised the process's peak RSS, as a multiple of the body's
-size. Target: storing raises it by at most 3x the body.
+Each measurement runs in a fresh process, like a worker: it serves the same response
+without a key five times, so that its peak RSS (``ru_maxrss``) already holds the
+unprotected request's own cost, and then sends it once with a key. In the *store*
+process the key is new, so the response is stored; in the *replay* process, started
+afresh after it, the same key finds the stored response and replays it. What is
+reported is how much that one keyed request raised the process's peak RSS, as a
+multiple of the body's size: the median over ``--rounds``. Target: at most 2x the
+body, for storing and for replaying.
 """
 
 from __future__ import annotations
@@ -18,18 +26,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pgserver import add_url_option, postgres_server
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).resolve().parent / "results"
 MIB = 1024 * 1024
+TARGET = 2.0
 
 #: Set in the worker process: the body the view answers with, made once at start-up.
 BLOB = b""
@@ -55,7 +67,7 @@ def _peak_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
 
 
-def worker(database_url: str, mib: int) -> dict[str, Any]:
+def worker(database_url: str, mib: int, mode: str, key: str) -> dict[str, Any]:
     global BLOB
     os.environ.update(
         DATABASE_URL=database_url,
@@ -71,11 +83,17 @@ def worker(database_url: str, mib: int) -> dict[str, Any]:
     from django.core.management import call_command
     from django.test import Client
 
+    from idempotency.conf import DEFAULTS, idempotency_settings
+
+    if "MAX_RESPONSE_SIZE" in DEFAULTS:
+        settings.IDEMPOTENCY = {**getattr(settings, "IDEMPOTENCY", {}), "MAX_RESPONSE_SIZE": None}
+        idempotency_settings.reload()
     call_command("migrate", verbosity=0, interactive=False)
     urlpatterns.extend(_urlpatterns())
     settings.ROOT_URLCONF = __name__ if __name__ != "__main__" else "bench_memory"
     sys.modules.setdefault("bench_memory", sys.modules[__name__])
-    BLOB = os.urandom(mib * MIB)
+    # The same bytes in the store process and the replay process.
+    BLOB = random.Random(mib).randbytes(mib * MIB)
     client = Client()
 
     def post(key: str | None) -> Any:
@@ -85,36 +103,90 @@ def worker(database_url: str, mib: int) -> dict[str, Any]:
     for _ in range(5):  # the unprotected request's own peak
         assert post(None).status_code == 201
     before = _peak_bytes()
-    first = post("memory-key-1")
-    assert first.status_code == 201 and "Idempotent-Replayed" not in first
-    stored = _peak_bytes()
-    del first
-    replayed = post("memory-key-1")
-    assert replayed.headers.get("Idempotent-Replayed") == "true"
-    assert replayed.content == BLOB
-    after_replay = _peak_bytes()
-    size = len(BLOB)
+    response = post(key)
+    after = _peak_bytes()
+    replayed = response.headers.get("Idempotent-Replayed") == "true"
+    assert response.status_code == 201, response.status_code
+    assert replayed == (mode == "replay"), (mode, dict(response.headers))
+    assert response.content == BLOB
     return {
-        "body_mib": mib,
         "peak_rss_unprotected_mib": round(before / MIB, 1),
-        "store_raised_peak_by_x_body": round((stored - before) / size, 2),
-        "replay_raised_peak_by_x_body": round((after_replay - stored) / size, 2),
+        "raised_mib": round((after - before) / MIB, 1),
+        "raised_x_body": round((after - before) / len(BLOB), 2),
     }
+
+
+def _mysql_database(url: str, mib: int) -> str:
+    """Create ``bench_memory`` on the server of ``url``; make sure it takes the body."""
+    import MySQLdb
+
+    parts = urlsplit(url)
+    params: dict[str, Any] = {"host": parts.hostname or "127.0.0.1", "user": parts.username}
+    if parts.port:
+        params["port"] = parts.port
+    if parts.password:
+        params["password"] = parts.password
+    conn = MySQLdb.connect(**params)
+    try:
+        cursor = conn.cursor()
+        cursor.execute("DROP DATABASE IF EXISTS bench_memory")
+        cursor.execute("CREATE DATABASE bench_memory CHARACTER SET utf8mb4")
+        cursor.execute("SELECT @@max_allowed_packet")
+        (packet,) = cursor.fetchone()
+        # Escaped, a body of random bytes grows by about 3 %; leave room for that.
+        needed = 2 * mib * MIB
+        if packet < needed:
+            print(f"bench_memory: max_allowed_packet {packet} -> {needed}", file=sys.stderr)
+            cursor.execute(f"SET GLOBAL max_allowed_packet = {needed}")
+    finally:
+        conn.close()
+    return f"{parts.scheme}://{parts.netloc}/bench_memory"
+
+
+def _run(url: str, mib: int, mode: str, key: str) -> dict[str, Any]:
+    done = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--worker",
+            url,
+            "--mode",
+            mode,
+            "--key",
+            key,
+            "--mib",
+            str(mib),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"bench_memory: the {mode} worker failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_url_option(parser)
-    parser.add_argument("--mib", type=int, default=5)
+    parser.add_argument(
+        "--mysql-url",
+        default=os.environ.get("TEST_MYSQL_URL"),
+        help="MariaDB or MySQL server URL; default TEST_MYSQL_URL, else MariaDB is skipped",
+    )
+    parser.add_argument("--mib", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", choices=("store", "replay"), help=argparse.SUPPRESS)
+    parser.add_argument("--key", help=argparse.SUPPRESS)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.mib)))
+        print(json.dumps(worker(args.worker, args.mib, args.mode, args.key)))
         return 0
 
     scratch = tempfile.mkdtemp(prefix="bench-memory.")
-    results = {}
+    results: dict[str, Any] = {}
     with postgres_server(args.url) as server:
         import psycopg
 
@@ -125,21 +197,45 @@ def main() -> int:
             "sqlite": f"sqlite:///{scratch}/memory.sqlite3",
             "postgresql": server.rsplit("/", 1)[0] + "/bench_memory",
         }
+        if args.mysql_url:
+            urls["mariadb"] = _mysql_database(args.mysql_url, args.mib)
+        else:
+            print("bench_memory: no --mysql-url, MariaDB skipped", file=sys.stderr)
         for name, url in urls.items():
-            done = subprocess.run(
-                [sys.executable, __file__, "--worker", url, "--mib", str(args.mib)],
-                capture_output=True,
-                text=True,
-                check=True,
-                cwd=ROOT,
-            )
-            results[name] = json.loads(done.stdout.strip().splitlines()[-1])
+            rounds: dict[str, list[dict[str, Any]]] = {"store": [], "replay": []}
+            for n in range(args.rounds):
+                key = f"memory-key-{n}"
+                for mode in ("store", "replay"):
+                    rounds[mode].append(_run(url, args.mib, mode, key))
+            results[name] = {
+                "body_mib": args.mib,
+                "rounds": args.rounds,
+                "peak_rss_unprotected_mib": statistics.median(
+                    r["peak_rss_unprotected_mib"] for r in rounds["store"]
+                ),
+                "store_raised_peak_mib": statistics.median(
+                    r["raised_mib"] for r in rounds["store"]
+                ),
+                "store_raised_peak_by_x_body": statistics.median(
+                    r["raised_x_body"] for r in rounds["store"]
+                ),
+                "replay_raised_peak_mib": statistics.median(
+                    r["raised_mib"] for r in rounds["replay"]
+                ),
+                "replay_raised_peak_by_x_body": statistics.median(
+                    r["raised_x_body"] for r in rounds["replay"]
+                ),
+                "each_round": rounds,
+            }
     print(json.dumps(results, indent=2))
     if not args.no_write:
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / "memory.json").write_text(json.dumps(results, indent=2) + "\n")
-    worst = max(r["store_raised_peak_by_x_body"] for r in results.values())
-    return 0 if worst <= 3 else 1
+    worst = max(
+        max(r["store_raised_peak_by_x_body"], r["replay_raised_peak_by_x_body"])
+        for r in results.values()
+    )
+    return 0 if worst <= TARGET else 1
 
 
 if __name__ == "__main__":

@@ -123,12 +123,17 @@ def memory_section(data: dict[str, Any]) -> list[str]:
         [
             name,
             f"{r['body_mib']} MiB",
-            f"{r['store_raised_peak_by_x_body']:.2f}x the body",
-            f"{r['replay_raised_peak_by_x_body']:.2f}x the body",
+            f"{r['store_raised_peak_mib']:.1f} MiB, {r['store_raised_peak_by_x_body']:.2f}x the body",
+            f"{r['replay_raised_peak_mib']:.1f} MiB, {r['replay_raised_peak_by_x_body']:.2f}x the body",
         ]
         for name, r in data.items()
     ]
-    return _table(header, rows)
+    rounds = {r["rounds"] for r in data.values()}
+    intro = [
+        f"The median of {', '.join(map(str, sorted(rounds)))} rounds, each in fresh processes.",
+        "",
+    ]
+    return intro + _table(header, rows)
 
 
 def main() -> int:
