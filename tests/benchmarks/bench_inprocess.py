@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from pgserver import add_url_option, mariadb_server, postgres_server
+from pgserver import add_url_option, mariadb_server, mysql_connect, postgres_server
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -242,22 +242,14 @@ def main() -> int:
             if name == "sqlite":
                 url = f"sqlite:///{tempfile.mkdtemp(prefix='bench-inprocess.')}/bench.sqlite3"
             elif name == "mariadb":
-                import MySQLdb
-
-                parts = urlsplit(maria)
-                conn = MySQLdb.connect(
-                    host=parts.hostname or "127.0.0.1",
-                    port=parts.port or 3306,
-                    user=parts.username or "root",
-                    password=parts.password or "",
-                )
+                conn = mysql_connect(maria)
                 try:
                     cursor = conn.cursor()
                     cursor.execute("DROP DATABASE IF EXISTS bench_inprocess")
                     cursor.execute("CREATE DATABASE bench_inprocess CHARACTER SET utf8mb4")
                 finally:
                     conn.close()
-                url = urlunsplit(parts._replace(path="/bench_inprocess"))
+                url = urlunsplit(urlsplit(maria)._replace(path="/bench_inprocess"))
             else:
                 import psycopg
 

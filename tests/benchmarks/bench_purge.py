@@ -120,16 +120,9 @@ def is_mariadb(url: str) -> bool:
 
 def recreate_database(server_url: str, name: str, *, drop_only: bool = False) -> None:
     if is_mariadb(server_url):
-        import MySQLdb
+        from pgserver import mysql_connect
 
-        parts = urlsplit(server_url)
-        conn = MySQLdb.connect(
-            host=parts.hostname or "127.0.0.1",
-            port=parts.port or 3306,
-            user=parts.username or "root",
-            password=parts.password or "",
-            autocommit=True,
-        )
+        conn = mysql_connect(server_url)
         try:
             cursor = conn.cursor()
             cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")

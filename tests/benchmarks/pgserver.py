@@ -10,6 +10,8 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -60,6 +62,20 @@ def mariadb_server(url: str | None) -> Iterator[str]:
             server.destroy()
         finally:
             shutil.rmtree(directory, ignore_errors=True)
+
+
+def mysql_connect(url: str) -> Any:
+    """A MySQLdb connection in autocommit to the server of ``url`` (mysql://user@host:port/)."""
+    import MySQLdb
+
+    parts = urlsplit(url)
+    return MySQLdb.connect(
+        host=parts.hostname or "127.0.0.1",
+        port=parts.port or 3306,
+        user=parts.username or "root",
+        password=parts.password or "",
+        autocommit=True,
+    )
 
 
 def add_url_option(parser: argparse.ArgumentParser) -> None:
