@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 import sys
@@ -121,6 +122,8 @@ def test_the_app_registers_its_checks_when_django_starts() -> None:
     assert done.stdout == "System check identified no issues (0 silenced).\n"
 
 
+# Since Django 6.1 a tag selects database checks too (idempotency.W007).
+@pytest.mark.django_db
 def test_the_checks_have_their_own_tag() -> None:
     with override_settings(IDEMPOTENCY={"MISMATCH_STATUS": 400}):
         out, err = check("--tag", "idempotency")
@@ -482,6 +485,8 @@ print([(m.id, m.msg.split()[2]) for m in check_setting_name()])
     assert done.stdout == "[('idempotency.W006', 'IDEMPOTANCY')]\n"
 
 
+# Since Django 6.1 a tag selects database checks too (idempotency.W007).
+@pytest.mark.django_db
 def test_check_command_warns_w006() -> None:
     with override_settings(IDEMPOTANCY={"REQUIRED": True}):
         out, err = check("--tag", "idempotency")
@@ -734,6 +739,8 @@ def _capacity() -> int:
     if connection.vendor == "postgresql":
         return 1024**3 - 1 - 64 * 1024  # 1 GB a field, psycopg 3 sends it as it is
     connection.ensure_connection()
+    if not hasattr(connection.connection, "getlimit"):  # Python < 3.11
+        return 1_000_000_000  # SQLite's compiled-in default, SQLITE_MAX_LENGTH
     return int(connection.connection.getlimit(sqlite3.SQLITE_LIMIT_LENGTH))
 
 
@@ -820,6 +827,24 @@ def test_w007_looks_only_when_the_stores_database_is_checked() -> None:
         assert checks.check_response_size() == []
         assert checks.check_response_size(databases=[]) == []
         assert checks.check_response_size(databases=["other"]) == []
+
+
+def test_w007_says_nothing_when_the_database_cannot_be_reached(tmp_path: Path) -> None:
+    # A fresh interpreter whose store is a SQLite file in a directory that does not
+    # exist: the check cannot ask, and the command still runs to the end.
+    manage = Path(__file__).resolve().parent.parent / "testproject" / "manage.py"
+    missing = tmp_path / "no-such-directory" / "db.sqlite3"
+    done = subprocess.run(
+        [sys.executable, str(manage), "check", "--tag", "idempotency", "--database", "default"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "DATABASE_URL": f"sqlite:///{missing}"},
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout == "System check identified no issues (0 silenced).\n"
+    assert not missing.parent.exists()
 
 
 def test_an_invalid_response_size_is_only_e004() -> None:
