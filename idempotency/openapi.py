@@ -101,6 +101,14 @@ _CODE_DESCRIPTIONS = {
     "idempotency_key_mismatch": "the key was already used for a different request",
     "idempotency_key_locked": "a request with this key is still being processed",
     "idempotency_request_too_large": "the body is too large to be fingerprinted",
+    "idempotency_response_too_large": (
+        "the response was too large to store: the request's writes were rolled back "
+        "and the key released"
+    ),
+    "idempotency_response_not_kept": (
+        "the response to the first request under this key was too large to store; the "
+        "view does not run again for this key"
+    ),
     "idempotency_store_unavailable": (
         "the idempotency store could not be reached and the request was not processed; "
         "retrying with the same key is safe"
@@ -189,6 +197,11 @@ def _problem_codes(settings: Resolved, required: bool) -> dict[int, list[str]]:
     codes.setdefault(settings.mismatch_status, []).append("idempotency_key_mismatch")
     codes.setdefault(409, []).append("idempotency_key_locked")
     codes.setdefault(413, []).append("idempotency_request_too_large")
+    # A response too large to store (MAX_RESPONSE_SIZE, or what the database takes):
+    # with ATOMIC, which a view's options may change, and without.
+    codes.setdefault(500, []).extend(
+        ["idempotency_response_too_large", "idempotency_response_not_kept"]
+    )
     codes.setdefault(503, []).append("idempotency_store_unavailable")
     return dict(sorted(codes.items()))
 

@@ -74,6 +74,8 @@ ALL_CODES = [
     "idempotency_key_mismatch",
     "idempotency_key_locked",
     "idempotency_request_too_large",
+    "idempotency_response_too_large",
+    "idempotency_response_not_kept",
     "idempotency_store_unavailable",
 ]
 
@@ -449,13 +451,13 @@ def test_key_from_a_key_func_has_no_header_but_its_problems() -> None:
     op = operation(generate(), "/key-from-body/", "post")
     assert key_parameter(op) is None
     assert codes(op, "400") == ["idempotency_key_missing", "idempotency_key_invalid"]
-    assert problem_statuses(op) == ["400", "409", "413", "503"]
+    assert problem_statuses(op) == ["400", "409", "413", "500", "503"]
 
 
 def test_header_excluded_by_extend_schema_stays_out() -> None:
     op = operation(generate(), "/hidden-key/", "post")
     assert key_parameter(op) is None
-    assert problem_statuses(op) == ["400", "409", "413", "503"]
+    assert problem_statuses(op) == ["400", "409", "413", "500", "503"]
 
 
 def test_own_key_parameter_is_not_doubled() -> None:
@@ -584,12 +586,16 @@ def test_a_key_of_one_character(settings: Any) -> None:
 
 def test_problem_responses_and_codes() -> None:
     op = operation(generate(), "/orders/", "post")
-    assert problem_statuses(op) == ["400", "409", "413", "503"]
+    assert problem_statuses(op) == ["400", "409", "413", "500", "503"]
     assert codes(op, "400") == ["idempotency_key_invalid"]
     assert codes(op, "409") == ["idempotency_key_mismatch", "idempotency_key_locked"]
     assert codes(op, "413") == ["idempotency_request_too_large"]
+    assert codes(op, "500") == [
+        "idempotency_response_too_large",
+        "idempotency_response_not_kept",
+    ]
     assert codes(op, "503") == ["idempotency_store_unavailable"]
-    for status in ("400", "409", "413", "503"):
+    for status in ("400", "409", "413", "500", "503"):
         assert list(op["responses"][status]["content"]) == [PROBLEM]
         assert "`idempotency_" in op["responses"][status]["description"]
 
@@ -617,7 +623,7 @@ def test_retry_after_on_409_and_503_only() -> None:
 def test_mismatch_status_422(settings: Any) -> None:
     settings.IDEMPOTENCY = {"MISMATCH_STATUS": 422}
     op = operation(generate(), "/orders/", "post")
-    assert problem_statuses(op) == ["400", "409", "413", "422", "503"]
+    assert problem_statuses(op) == ["400", "409", "413", "422", "500", "503"]
     assert codes(op, "422") == ["idempotency_key_mismatch"]
     assert codes(op, "409") == ["idempotency_key_locked"]
     assert "Retry-After" not in op["responses"]["422"].get("headers", {})
@@ -627,7 +633,7 @@ def test_mismatch_status_422(settings: Any) -> None:
 def test_mismatch_status_400_shares_the_400(settings: Any) -> None:
     settings.IDEMPOTENCY = {"MISMATCH_STATUS": 400}
     op = operation(generate(), "/orders/", "post")
-    assert problem_statuses(op) == ["400", "409", "413", "503"]
+    assert problem_statuses(op) == ["400", "409", "413", "500", "503"]
     assert codes(op, "400") == ["idempotency_key_invalid", "idempotency_key_mismatch"]
     assert codes(op, "409") == ["idempotency_key_locked"]
 
@@ -643,7 +649,7 @@ def test_replayed_header_on_the_views_responses() -> None:
     assert REPLAYED in operation(schema, "/orders/{id}/", "put")["responses"]["200"]["headers"]
     assert REPLAYED in operation(schema, "/orders/{id}/", "delete")["responses"]["204"]["headers"]
     # The app's own problems are never replays.
-    for status in ("400", "409", "413", "503"):
+    for status in ("400", "409", "413", "500", "503"):
         responses = operation(schema, "/orders/", "post")["responses"]
         assert REPLAYED not in responses[status].get("headers", {})
 
@@ -667,8 +673,8 @@ def test_views_own_responses_and_parameters_are_kept() -> None:
     assert responses["409"]["description"] == "Out of stock."
     assert codes(op, "409") == ["idempotency_key_mismatch", "idempotency_key_locked"]
     assert "Retry-After" in responses["409"]["headers"]
-    assert problem_statuses(op) == ["400", "409", "413", "503"]
-    assert list(responses) == ["201", "400", "409", "413", "429", "503"]
+    assert problem_statuses(op) == ["400", "409", "413", "500", "503"]
+    assert list(responses) == ["201", "400", "409", "413", "429", "500", "503"]
     # Replays: the view's storable responses only; a 429 is never stored.
     assert REPLAYED in responses["201"]["headers"]
     assert REPLAYED in responses["400"]["headers"]
@@ -694,7 +700,7 @@ def test_a_range_response_is_kept_for_the_statuses_it_covers() -> None:
     assert list(responses["4XX"]["content"]) == ["application/json"]
     # No range or default covers a 503: the problem alone.
     assert list(responses["503"]["content"]) == [PROBLEM]
-    assert list(responses) == ["201", "400", "409", "413", "503", "4XX"]
+    assert list(responses) == ["201", "400", "409", "413", "500", "503", "4XX"]
 
 
 def test_class_level_extend_schema_is_kept() -> None:
@@ -703,7 +709,7 @@ def test_class_level_extend_schema_is_kept() -> None:
     assert create["tags"] == ["tagged-class"]
     assert create["summary"] == "Create, from extend_schema_view"
     assert key_parameter(create) is not None
-    assert problem_statuses(create) == ["400", "409", "413", "503"]
+    assert problem_statuses(create) == ["400", "409", "413", "500", "503"]
     update = operation(schema, "/class-decorated/{id}/", "put")
     assert update["tags"] == ["tagged-class"]
     assert key_parameter(update) is not None
@@ -715,7 +721,7 @@ def test_own_autoschema_subclass_and_method_extend_schema() -> None:
     assert op["tags"] == ["own-schema"]
     assert op["summary"] == "Create with an own schema"
     assert key_parameter(op) is not None
-    assert problem_statuses(op) == ["400", "409", "413", "503"]
+    assert problem_statuses(op) == ["400", "409", "413", "500", "503"]
     assert (
         op["description"] == "Its own AutoSchema subclass, and an @extend_schema on the method too."
     )
@@ -728,7 +734,7 @@ def test_a_shared_response_is_left_alone() -> None:
     assert schema["components"]["responses"]["Conflict"] == {
         "description": "A shared conflict response."
     }
-    assert problem_statuses(op) == ["400", "413", "503"]
+    assert problem_statuses(op) == ["400", "413", "500", "503"]
     assert REPLAYED in op["responses"]["201"]["headers"]
 
 
@@ -745,7 +751,7 @@ def test_another_view_extension_is_kept() -> None:
     op = operation(generate(), "/extended/", "post")
     assert op["tags"] == ["from-extension"]
     assert key_parameter(op) is not None
-    assert problem_statuses(op) == ["400", "409", "413", "503"]
+    assert problem_statuses(op) == ["400", "409", "413", "500", "503"]
 
 
 def test_a_higher_priority_extension_leaves_a_view_out() -> None:
@@ -783,7 +789,7 @@ def test_schema_mixin_for_views_without_the_mixin(settings: Any) -> None:
     assert key_parameter(op) == key_parameter(operation(schema, "/orders/", "post"))
     parameter = key_parameter(op)
     assert parameter is not None and parameter["required"] is True
-    assert problem_statuses(op) == ["400", "409", "413", "503"]
+    assert problem_statuses(op) == ["400", "409", "413", "500", "503"]
     assert codes(op, "400") == ["idempotency_key_missing", "idempotency_key_invalid"]
     assert REPLAYED in op["responses"]["201"]["headers"]
     assert problem_statuses(operation(schema, "/plain/", "post")) == []
@@ -809,7 +815,7 @@ def test_testproject_schema_command(tmp_path: Path) -> None:
     op = schema["paths"]["/api/orders/"]["post"]
     parameter = key_parameter(op)
     assert parameter is not None and not parameter.get("required", False)
-    assert problem_statuses(op) == ["400", "409", "413", "503"]
+    assert problem_statuses(op) == ["400", "409", "413", "500", "503"]
     assert REPLAYED in op["responses"]["201"]["headers"]
     # Plain Django views (the payments and the webhook) are not in a DRF schema.
     assert not any(p.startswith(("/payments", "/webhooks")) for p in schema["paths"])
