@@ -72,9 +72,12 @@ class OrderSerializer(serializers.ModelSerializer):
         read_only_fields = ["id", "user", "created_at"]
 
 
-@extend_schema_field({"type": "string", "format": "binary"})
+@extend_schema_field({"type": "string", "format": "binary", "minLength": 1})
 class UploadFileField(serializers.FileField):
-    """A file part of a multipart body (drf-spectacular says ``uri`` for a FileField)."""
+    """A file part of a multipart body (drf-spectacular says ``uri`` for a FileField).
+
+    DRF refuses an empty file ("The submitted file is empty."): ``minLength`` says so.
+    """
 
 
 class UploadSerializer(serializers.ModelSerializer):

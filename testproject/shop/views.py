@@ -109,7 +109,9 @@ class OrderViewSet(IdempotencyMixin, viewsets.ModelViewSet):
         authentication.SessionAuthentication,
     ]
     permission_classes = [permissions.IsAuthenticated]
-    parser_classes = [JSONParser, parsers.FormParser, parsers.MultiPartParser]
+    # A JSON API: a form body cannot say what its schema says (every field is a string,
+    # and a body that does not parse is an empty, valid, partial update), so it is 415.
+    parser_classes = [JSONParser]
     schema = ShopSchema()
 
     def get_queryset(self) -> QuerySet[Order]:
