@@ -364,11 +364,13 @@ class Server:
         kind: str = "gunicorn",
         workers: int = 4,
         idempotency: dict[str, Any] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.database = database
         self.kind = kind
         self.workers = workers
         self.idempotency = idempotency or {}
+        self.env = env or {}
         self.port = free_port()
         self.log_path = log_dir / f"{kind}-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -400,7 +402,7 @@ class Server:
         self.process = subprocess.Popen(
             self.command(),
             cwd=ROOT / "testproject",
-            env=server_env(self.database, self.idempotency, debug=False),
+            env={**server_env(self.database, self.idempotency, debug=False), **self.env},
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
