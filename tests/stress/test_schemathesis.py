@@ -1,4 +1,4 @@
-"""Scenario 6: schemathesis against the testproject's OpenAPI schema, over real HTTP.
+"""Scenario 8: schemathesis against the testproject's OpenAPI schema, over real HTTP.
 
 The testproject runs under gunicorn on 127.0.0.1, on SQLite and on a private
 PostgreSQL. Schemathesis (from PyPI) loads ``/api/schema/`` with the demo token
@@ -115,7 +115,7 @@ def test_schemathesis_finds_nothing(
         run = schemathesis(server.port, work_dir)
         log = server.log_tail()
     record(
-        f"6. schemathesis, gunicorn/{database.label}",
+        f"8. schemathesis, gunicorn/{database.label}",
         requests=run.cases,
         server_errors=run.failures.get("ST100 Server error", 0),
         seconds=run.seconds,
@@ -139,7 +139,7 @@ def test_schemathesis_fails_a_schema_without_the_problem_responses(
     with Server(sqlite_db, work_dir, workers=2, env=env) as server:
         run = schemathesis(server.port, work_dir)
     record(
-        "6. schemathesis, schema without problem responses",
+        "8. schemathesis, schema without problem responses",
         requests=run.cases,
         seconds=run.seconds,
         notes=f"must fail; failures: {run.failures}",
