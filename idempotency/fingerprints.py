@@ -356,8 +356,71 @@ def _raw_prefix(request: HttpRequest, header_meta: Iterable[str]) -> Any:
 
 #: Where :func:`stream_form_data` leaves the fingerprint of a body it streamed.
 _STREAMED_ATTR = "_idempotency_streamed"
+#: Where :func:`stream_unread_input` keeps a chunked WSGI body it read.
+_SPOOLED_ATTR = "_idempotency_spooled_input"
 #: How much of a streamed body is read at a time.
 STREAM_CHUNK = 64 * 1024
+
+
+def _unread_input(request: HttpRequest) -> Any:
+    """The WSGI input of a body that Django will not read, or None.
+
+    A WSGI server that takes a chunked body (gunicorn) passes it with no
+    ``CONTENT_LENGTH`` and ``wsgi.input_terminated`` set. Django reads a body only
+    up to ``CONTENT_LENGTH``, so to Django, and to the view, such a body is empty.
+    """
+    environ = getattr(request, "environ", None)
+    if not isinstance(environ, dict) or not environ.get("wsgi.input_terminated"):
+        return None
+    if environ.get("CONTENT_LENGTH") not in (None, ""):
+        return None
+    return environ.get("wsgi.input")
+
+
+def stream_unread_input(request: HttpRequest, header_meta: Iterable[str]) -> bool:
+    """Fingerprint a chunked WSGI body that Django does not read, by its bytes as sent.
+
+    Without this the fingerprint would be that of an empty body, and two requests
+    under one key with different chunked bodies would not mismatch. The bytes are
+    hashed as they stream, in chunks of :data:`STREAM_CHUNK`, and kept in a
+    ``SpooledTemporaryFile`` (in memory up to ``FILE_UPLOAD_MAX_MEMORY_SIZE``, then
+    in ``FILE_UPLOAD_TEMP_DIR``) that takes the place of ``wsgi.input``: Django
+    still sees an empty body, as without the key, and a view that reads
+    ``request.environ["wsgi.input"]`` itself still gets every byte.
+
+    Returns whether there was such a body.
+    """
+    source = _unread_input(request)
+    if source is None:
+        return False
+    header_meta = tuple(header_meta)
+    streamed = request.__dict__.get(_STREAMED_ATTR)
+    if streamed is not None and streamed[0] == header_meta:
+        return True
+    raw = _raw_prefix(request, header_meta)
+    spooled = request.__dict__.get(_SPOOLED_ATTR)
+    if spooled is None:
+        # It outlives this function: it becomes the request's WSGI input.
+        keep = tempfile.SpooledTemporaryFile(  # noqa: SIM115
+            max_size=settings.FILE_UPLOAD_MAX_MEMORY_SIZE,
+            suffix=".upload",
+            dir=settings.FILE_UPLOAD_TEMP_DIR,
+        )
+        while chunk := source.read(STREAM_CHUNK):
+            raw.update(chunk)
+            keep.write(chunk)
+        keep.seek(0)
+        request.environ["wsgi.input"] = keep  # type: ignore[attr-defined]
+        request.__dict__[_SPOOLED_ATTR] = keep
+    else:
+        # Other headers count this time: hash the kept bytes again, and rewind them.
+        position = spooled.tell()
+        spooled.seek(0)
+        while chunk := spooled.read(STREAM_CHUNK):
+            raw.update(chunk)
+        spooled.seek(position)
+    request.__dict__[_STREAMED_ATTR] = (header_meta, raw.hexdigest())
+    return True
 
 
 def stream_form_data(request: HttpRequest, header_meta: Iterable[str]) -> bool:
@@ -373,8 +436,15 @@ def stream_form_data(request: HttpRequest, header_meta: Iterable[str]) -> bool:
     is held in memory but a chunk and a part's headers.
 
     Returns whether the body was streamed: False for other bodies, and for a body
-    that something already read.
+    that something already read. A chunked WSGI body, which Django does not parse,
+    goes to :func:`stream_unread_input` instead.
     """
+    header_meta = tuple(header_meta)
+    if stream_unread_input(request, header_meta):
+        return True
+    streamed = request.__dict__.get(_STREAMED_ATTR)
+    if streamed is not None and streamed[0] == header_meta:
+        return True  # already streamed, for these headers
     if "_body" in request.__dict__ or request._read_started:  # type: ignore[attr-defined]
         return False
     content_type = request.META.get("CONTENT_TYPE", "")
@@ -448,12 +518,16 @@ def default_fingerprint(request: HttpRequest, header_meta: Iterable[str]) -> str
     its parts (:class:`FormDataDigest`), with the ``boundary`` parameter left out
     of ``Content-Type``; an ``application/x-www-form-urlencoded`` body without its
     ``csrfmiddlewaretoken`` pairs. A multipart body that is not well-formed counts
-    as sent, boundary and all.
+    as sent, boundary and all; so does a chunked body under WSGI, which Django
+    does not read (:func:`stream_unread_input`).
     """
     header_meta = tuple(header_meta)
-    streamed = request.__dict__.get(_STREAMED_ATTR)
-    if streamed is None and stream_form_data(request, header_meta):
+    if stream_unread_input(request, header_meta):
         streamed = request.__dict__[_STREAMED_ATTR]
+    else:
+        streamed = request.__dict__.get(_STREAMED_ATTR)
+        if streamed is None and stream_form_data(request, header_meta):
+            streamed = request.__dict__[_STREAMED_ATTR]
     if streamed is not None and streamed[0] == header_meta:
         return str(streamed[1])
     try:

@@ -4,14 +4,16 @@ Django leaves file data out of ``DATA_UPLOAD_MAX_MEMORY_SIZE`` and spools large
 files to disk. A keyed upload is accepted wherever the same upload without a key
 is: the app hashes the body as it streams, keeps it where Django's parser reads
 it, and the view sees the same ``request.FILES`` and ``request.POST``. These
-tests check that under the middleware, the decorator and the DRF mixin, over
-WSGI and ASGI, that the body is never read into ``request.body``, and that the
+tests check that under the middleware, the decorator, the DRF mixin and the
+django-ninja decorator, over WSGI and ASGI, with a 6 MiB file and Django's default
+limits, that the body is never read into ``request.body``, and that the
 streamed fingerprint is the one the in-memory path computes for the same body.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import uuid
 from typing import Any
@@ -19,11 +21,13 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import Group
 from django.core.files.uploadedfile import SimpleUploadedFile, TemporaryUploadedFile
+from django.core.handlers.wsgi import WSGIRequest
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.test import RequestFactory
 from django.test.client import BOUNDARY, MULTIPART_CONTENT, encode_multipart
 from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
+from ninja import File, Form, NinjaAPI, UploadedFile
 from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -31,15 +35,18 @@ from rest_framework.views import APIView
 
 from idempotency.conf import idempotency_settings
 from idempotency.decorators import idempotent
-from idempotency.fingerprints import default_fingerprint
+from idempotency.fingerprints import default_fingerprint, keep_body
 from idempotency.models import IdempotencyKey
+from idempotency.ninja import idempotent as ninja_idempotent
 from idempotency.rest_framework import IdempotencyMixin
 from tests.assertions import assert_problem
 from tests.clients import Send
 
 pytestmark = [pytest.mark.urls(__name__), pytest.mark.django_db(transaction=True)]
 
-SIZE = 64 * 1024  # the file; the limits below are far smaller
+#: The file: past Django's default DATA_UPLOAD_MAX_MEMORY_SIZE and
+#: FILE_UPLOAD_MAX_MEMORY_SIZE (2.5 MiB each), which these tests keep.
+SIZE = 6 * 1024 * 1024 + 7
 
 
 def _describe(request: HttpRequest, files: Any, fields: Any) -> dict[str, Any]:
@@ -77,17 +84,34 @@ class Upload(IdempotencyMixin, APIView):
         return Response(_describe(request._request, request.FILES, request.data), status=201)
 
 
+api = NinjaAPI(urls_namespace="idempotency-streaming-tests")
+
+
+FILE_PART = File(...)
+NOTE_FIELD = Form(...)
+
+
+@api.post("/upload/", response={201: dict})
+@ninja_idempotent(required=True)
+def ninja_upload(
+    request: HttpRequest, file: UploadedFile = FILE_PART, note: str = NOTE_FIELD
+) -> dict[str, Any]:
+    return _describe(request, {"file": file}, {"note": note})
+
+
 urlpatterns = [
     path("plain/", plain),
     path("decorated/", decorated),
     path("drf/", Upload.as_view()),
+    path("ninja/", api.urls),
 ]
 
+ADAPTERS = ["/plain/", "/decorated/", "/drf/", "/ninja/upload/"]
 
-@pytest.fixture(autouse=True)
-def _small_limits(settings: Any) -> None:
-    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 4096
-    settings.FILE_UPLOAD_MAX_MEMORY_SIZE = 8192
+
+def test_the_file_is_past_djangos_default_limits(settings: Any) -> None:
+    assert SIZE > settings.DATA_UPLOAD_MAX_MEMORY_SIZE == 2_621_440
+    assert SIZE > settings.FILE_UPLOAD_MAX_MEMORY_SIZE == 2_621_440
 
 
 @pytest.fixture(params=["wsgi", "asgi"])
@@ -106,10 +130,10 @@ def _content_type(boundary: str = BOUNDARY) -> str:
 
 
 def _file(seed: str) -> bytes:
-    return hashlib.sha256(seed.encode()).digest() * (SIZE // 32)
+    return (hashlib.sha256(seed.encode()).digest() * (SIZE // 32 + 1))[:SIZE]
 
 
-@pytest.mark.parametrize("url", ["/plain/", "/decorated/", "/drf/"])
+@pytest.mark.parametrize("url", ADAPTERS)
 def test_a_large_keyed_upload_runs_replays_and_mismatches(send: Send, url: str) -> None:
     key = str(uuid.uuid4())
     content = _file("a")
@@ -180,3 +204,67 @@ def test_a_request_factory_upload_is_streamed_once() -> None:
 
     assert first == again
     assert request.FILES["file"].read() == _file("d")
+
+
+# -- a chunked body under WSGI ----------------------------------------------------------
+
+
+def _chunked_wsgi_request(body: bytes, content_type: str = "application/json") -> HttpRequest:
+    """A request as gunicorn passes a chunked body: no CONTENT_LENGTH, the body in
+    ``wsgi.input`` and ``wsgi.input_terminated`` set."""
+    environ = RequestFactory()._base_environ(  # the factory's defaults, then ours
+        REQUEST_METHOD="POST",
+        PATH_INFO="/plain/",
+        CONTENT_TYPE=content_type,
+    )
+    environ.pop("CONTENT_LENGTH", None)
+    environ["wsgi.input"] = io.BytesIO(body)
+    environ["wsgi.input_terminated"] = True
+    return WSGIRequest(environ)
+
+
+def test_a_chunked_wsgi_body_counts_as_sent_and_stays_unread_for_django() -> None:
+    meta = idempotency_settings.get().fingerprint_meta
+    body = b'{"amount": "12.50"}' * 1000
+
+    request = _chunked_wsgi_request(body)
+    fingerprint = default_fingerprint(request, meta)
+
+    # The same bytes sent with a Content-Length fingerprint the same.
+    with_length = RequestFactory().post("/plain/", body, content_type="application/json")
+    assert fingerprint == default_fingerprint(with_length, meta)
+    assert fingerprint != default_fingerprint(_chunked_wsgi_request(body[:-1] + b"!"), meta)
+    assert fingerprint != default_fingerprint(_chunked_wsgi_request(b""), meta)
+    # Django reads no body without CONTENT_LENGTH, as without the key; a view that
+    # reads the WSGI input itself gets every byte.
+    assert request.body == b""
+    assert request.environ["wsgi.input"].read() == body
+
+
+def test_a_chunked_wsgi_body_is_read_once_whatever_asks() -> None:
+    meta = idempotency_settings.get().fingerprint_meta
+    content = _file("e")
+    request = _chunked_wsgi_request(_body(content), _content_type())
+
+    # The middleware, then the DRF mixin, keep the body; then the claim fingerprints it.
+    keep_body(request, meta)
+    keep_body(request, meta)
+    first = default_fingerprint(request, meta)
+    fresh = default_fingerprint(_chunked_wsgi_request(_body(content), _content_type()), meta)
+    other = _chunked_wsgi_request(_body(content[:-1] + bytes([content[-1] ^ 1])), _content_type())
+
+    assert first == fresh
+    assert first != default_fingerprint(other, meta)
+    assert request.FILES == {} and dict(request.POST) == {}  # as Django parses it: nothing
+
+
+def test_a_chunked_wsgi_body_is_hashed_again_for_other_headers() -> None:
+    body = b"x" * 200_000
+    request = _chunked_wsgi_request(body)
+    by_type = default_fingerprint(request, ("CONTENT_TYPE",))
+    by_nothing = default_fingerprint(request, ())
+
+    assert by_type == default_fingerprint(_chunked_wsgi_request(body), ("CONTENT_TYPE",))
+    assert by_nothing == default_fingerprint(_chunked_wsgi_request(body), ())
+    assert by_type != by_nothing
+    assert request.environ["wsgi.input"].read() == body  # rewound after the second pass
