@@ -52,6 +52,7 @@ DEFAULTS: dict[str, Any] = {
     "PROBLEM_TYPES": {},
     "EXEMPT_PATHS": (),
     "MAX_RESPONSE_SIZE": 4 * 1024 * 1024,
+    "PREPARED_STATEMENTS": False,
 }
 
 #: The longest key the ``key`` column can hold.
@@ -267,6 +268,7 @@ _VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
     "PROBLEM_TYPES": _problem_types,
     "EXEMPT_PATHS": _patterns,
     "MAX_RESPONSE_SIZE": _size_or_none,
+    "PREPARED_STATEMENTS": _bool,
 }
 
 
@@ -340,6 +342,7 @@ class Resolved:
     problem_types: dict[str, str]
     exempt_paths: tuple[re.Pattern[str], ...]
     max_response_size: int | None
+    prepared_statements: bool
 
     def __init__(self, user: Any) -> None:
         """Raise the first problem :func:`validate` finds in ``user``, as ``SettingError``."""
@@ -368,6 +371,7 @@ class Resolved:
         self.problem_types = values["PROBLEM_TYPES"]
         self.exempt_paths = values["EXEMPT_PATHS"]
         self.max_response_size = values["MAX_RESPONSE_SIZE"]
+        self.prepared_statements = values["PREPARED_STATEMENTS"]
 
 
 class IdempotencySettings:

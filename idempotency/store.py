@@ -27,6 +27,7 @@ from django.db import IntegrityError, NotSupportedError, OperationalError, conne
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Field, Model
 
+from idempotency.conf import idempotency_settings
 from idempotency.models import IdempotencyKey, IdempotencyResponse
 
 RUNNING: str = IdempotencyKey.State.RUNNING.value  # type: ignore[attr-defined]
@@ -302,38 +303,79 @@ def mysql_statement_size(body: bytes, headers_json: str) -> int:
     return escaped + 2 * len(headers_json.encode()) + _STATEMENT_SQL
 
 
-_binary_cursor_class: type[Any] | None = None
+#: psycopg's prepare_threshold while one of the store's statements runs prepared on a
+#: connection that has none: no other statement is run that many times.
+_ONLY_WHEN_ASKED = 2**62
+
+#: The server-binding psycopg 3 cursor classes, by (prepare, binary results).
+_cursor_classes: dict[tuple[bool, bool], type[Any]] = {}
 
 
-def _reading_cursor(conn: BaseDatabaseWrapper) -> Any:
-    """A cursor for the reads that may carry a stored body back.
+def _server_binding_class(prepare: bool, binary: bool) -> type[Any]:
+    found = _cursor_classes.get((prepare, binary))
+    if found is None:
+        import psycopg
 
-    Django's default psycopg 3 cursor binds client-side, and a client-side cursor gets
-    its results as text: a ``bytea`` comes back hex-escaped, twice its size, and is
-    unescaped into a third and a fourth buffer before it is a ``bytes``, so a replay
-    held five times the body. This one binds server-side and asks for binary results:
-    the body arrives as it is, and becomes ``bytes`` in one copy. It is wrapped like
-    any Django cursor, so it joins the connection's transaction and is counted in
-    ``connection.queries``. Elsewhere it is the connection's own cursor.
+        class ServerBindingCursor(psycopg.Cursor[Any]):
+            def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+                # A named prepared statement only where PREPARED_STATEMENTS asks for
+                # one, whatever OPTIONS["prepare_threshold"] says (see _execute_binary).
+                if not prepare:
+                    return super().execute(query, params, prepare=False, binary=binary)
+                # Django opens connections with prepare_threshold=None, which turns
+                # psycopg's prepared statements off even for prepare=True: for this
+                # statement only, a threshold that nothing else reaches.
+                conn = self.connection
+                saved = conn.prepare_threshold
+                if saved is None:
+                    conn.prepare_threshold = _ONLY_WHEN_ASKED
+                try:
+                    return super().execute(query, params, prepare=True, binary=binary)
+                finally:
+                    if saved is None:
+                        conn.prepare_threshold = None
+
+            def _send_query_prepared(self, name: Any, pgq: Any, *args: Any, **kw: Any) -> Any:
+                # psycopg keeps the query it ran for a statement it did not prepare
+                # only; Django's query log (DEBUG, CaptureQueriesContext) reads it.
+                self._query = pgq
+                return super()._send_query_prepared(name, pgq, *args, **kw)
+
+        found = _cursor_classes[prepare, binary] = ServerBindingCursor
+    return found
+
+
+def _store_cursor(conn: BaseDatabaseWrapper, *, binary: bool = False) -> Any:
+    """A cursor for the store's own statements.
+
+    On PostgreSQL through psycopg 3, a cursor that binds server-side: prepared once
+    per connection when ``PREPARED_STATEMENTS`` is on, so that a statement is no
+    longer parsed and planned on every request; and, for the reads that may carry a
+    stored body back (``binary``), with binary results. Django's default cursor
+    binds client-side and gets its results as text: a ``bytea`` comes back
+    hex-escaped, twice its size, and is unescaped into a third and a fourth buffer
+    before it is a ``bytes``, so a replay held five times the body; in binary the
+    body arrives as it is, and becomes ``bytes`` in one copy. The cursor is wrapped
+    like any Django cursor, so it joins the connection's transaction and is counted
+    in ``connection.queries``. Elsewhere, and for the rest, it is the connection's
+    own cursor.
     """
     if not _binds_binary(conn):
         return conn.cursor()
-    global _binary_cursor_class
-    if _binary_cursor_class is None:
-        import psycopg
-
-        class BinaryCursor(psycopg.Cursor[Any]):
-            def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
-                # Never a named prepared statement (see _execute_binary).
-                return super().execute(query, params, prepare=False, binary=True)
-
-        _binary_cursor_class = BinaryCursor
+    prepare = idempotency_settings.get().prepared_statements
+    if not (prepare or binary):
+        return conn.cursor()
     conn.close_if_health_check_failed()
     conn.ensure_connection()
     with conn.wrap_database_errors:
-        raw = _binary_cursor_class(conn.connection)
+        raw = _server_binding_class(prepare, binary)(conn.connection)
     conn.validate_thread_sharing()
     return conn.make_debug_cursor(raw) if conn.queries_logged else conn.make_cursor(raw)
+
+
+def _reading_cursor(conn: BaseDatabaseWrapper) -> Any:
+    """The cursor for the reads that may carry a stored body back (:func:`_store_cursor`)."""
+    return _store_cursor(conn, binary=True)
 
 
 class Store:
@@ -403,7 +445,7 @@ class Store:
             # missing key would lock its gap in the index under REPEATABLE READ, and
             # two requests holding that gap would deadlock on their INSERTs.
             relock = conn.in_atomic_block and sql.fetch_locking != sql.fetch
-            with conn.cursor() as cursor:
+            with _store_cursor(conn) as cursor:
                 row = None
                 if sql.read_first:
                     # SQLite: an INSERT takes the database's single write lock even when
@@ -471,13 +513,16 @@ class Store:
 
         def work() -> bool:
             if existing.status is None:
-                with conn.cursor() as cursor:
+                with _store_cursor(conn) as cursor:
                     cursor.execute(sql.takeover, params)
                     return bool(cursor.rowcount == 1)
             # The old response goes in the same transaction: a crash between the two
             # must not leave it attached to the running key, where it would block the
             # new one.
-            with transaction.atomic(using=self.alias, savepoint=False), conn.cursor() as cursor:
+            with (
+                transaction.atomic(using=self.alias, savepoint=False),
+                _store_cursor(conn) as cursor,
+            ):
                 cursor.execute(sql.takeover, params)
                 won = bool(cursor.rowcount == 1)
                 if won:
@@ -530,7 +575,7 @@ class Store:
             params = [*key_params, status, headers_json, body]
             if len(body) >= BINARY_BODY_MIN and _binds_binary(conn):
                 return _execute_binary(conn, sql.complete, params) == 1
-            with conn.cursor() as cursor:
+            with _store_cursor(conn) as cursor:
                 cursor.execute(sql.complete, params)
                 return bool(cursor.rowcount == 1)
         complete_response = sql.complete_response
@@ -538,7 +583,10 @@ class Store:
         def work() -> bool:
             # Inside the view's transaction this adds no savepoint; outside it, it
             # makes one.
-            with transaction.atomic(using=self.alias, savepoint=False), conn.cursor() as cursor:
+            with (
+                transaction.atomic(using=self.alias, savepoint=False),
+                _store_cursor(conn) as cursor,
+            ):
                 cursor.execute(sql.complete, key_params)
                 if cursor.rowcount != 1:
                     return False
@@ -553,7 +601,7 @@ class Store:
         conn, sql = self._prepare()
 
         def work() -> bool:
-            with conn.cursor() as cursor:
+            with _store_cursor(conn) as cursor:
                 cursor.execute(sql.release, [key_id, fence])
                 return bool(cursor.rowcount == 1)
 

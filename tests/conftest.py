@@ -105,8 +105,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+#: Set by the ``*-prepared`` tox envs: the whole suite with ``PREPARED_STATEMENTS`` on
+#: wherever a test does not set it.
+PREPARED_BY_DEFAULT = bool(os.environ.get("TEST_PREPARED_STATEMENTS"))
+
+
 def pytest_configure(config: pytest.Config) -> None:
     global _server_unreachable
+    if PREPARED_BY_DEFAULT:
+        from idempotency import conf
+
+        conf.DEFAULTS["PREPARED_STATEMENTS"] = True
     db = _default_database()
     if _is_postgres(db):
         error = _probe_postgres(db)

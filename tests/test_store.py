@@ -23,6 +23,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from idempotency import store as store_module
 from idempotency.models import IdempotencyKey, IdempotencyResponse
+from tests.conftest import PREPARED_BY_DEFAULT
 
 pytestmark = [pytest.mark.urls(__name__), pytest.mark.django_db(transaction=True)]
 
@@ -388,4 +389,6 @@ def test_on_postgresql_a_stored_body_is_read_back_in_binary() -> None:
     assert result_format == pq.Format.BINARY
     assert value == body
     assert len(queries.captured_queries) == 1  # a Django cursor: counted like any other
-    assert prepared == 0
+    assert queries.captured_queries[0]["sql"].startswith("SELECT ")
+    # A named prepared statement only with PREPARED_STATEMENTS.
+    assert prepared == (1 if PREPARED_BY_DEFAULT else 0)

@@ -5,6 +5,7 @@ Not a test (pytest never collects ``tests/benchmarks``). Run it with ``tox -e be
 
     python tests/benchmarks/bench_inprocess.py [--url postgres://...]
         [--mariadb-url mysql://...] [--databases sqlite,postgresql,mariadb] [--rounds N]
+        [--prepared-statements]
 
 The endpoint is the testproject's ``POST /payments/`` (parse and validate a JSON body,
 insert one row). Variants, timed in many short rounds, in a shuffled order each round,
@@ -63,6 +64,11 @@ def _setup(database_url: str) -> None:
     from django.conf import settings
 
     settings.LOGGING_CONFIG = None
+    if os.environ.get("BENCH_PREPARED_STATEMENTS"):
+        settings.IDEMPOTENCY = {**settings.IDEMPOTENCY, "PREPARED_STATEMENTS": True}
+        from idempotency.conf import idempotency_settings
+
+        idempotency_settings.reload()
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0, interactive=False)
@@ -227,6 +233,11 @@ def main() -> int:
     parser.add_argument("--per-round", type=int, default=100)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--no-write", action="store_true", help="do not write results/")
+    parser.add_argument(
+        "--prepared-statements",
+        action="store_true",
+        help="run with IDEMPOTENCY['PREPARED_STATEMENTS'] = True",
+    )
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(run_worker(args.worker, args.rounds, args.per_round)))
@@ -259,7 +270,12 @@ def main() -> int:
                 url = server.rsplit("/", 1)[0] + "/bench_inprocess"
             command = [sys.executable, __file__, "--worker", url]
             command += ["--rounds", str(args.rounds), "--per-round", str(args.per_round)]
-            done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
+            env = dict(os.environ)
+            if args.prepared_statements:
+                env["BENCH_PREPARED_STATEMENTS"] = "1"
+            done = subprocess.run(
+                command, capture_output=True, text=True, cwd=ROOT, check=False, env=env
+            )
             if done.returncode != 0:
                 print(done.stderr, file=sys.stderr)
                 return 1

@@ -1,0 +1,119 @@
+"""``PREPARED_STATEMENTS``: the store's statements as named prepared statements on
+PostgreSQL (psycopg 3), and never one without the setting.
+
+``pg_prepared_statements`` lists what the test's own server connection has
+prepared, so these tests look at the server, not at the app's own bookkeeping.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.http import HttpRequest, JsonResponse
+from django.test import Client, override_settings
+from django.test.utils import CaptureQueriesContext
+from django.urls import path
+from django.views.decorators.csrf import csrf_exempt
+
+from tests.conftest import PREPARED_BY_DEFAULT
+
+pytestmark = [
+    pytest.mark.postgres,
+    pytest.mark.urls(__name__),
+    pytest.mark.django_db(transaction=True),
+]
+
+
+@csrf_exempt
+def created(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"ok": True}, status=201)
+
+
+urlpatterns = [path("created/", created)]
+
+
+def _send(key: str, body: str = '{"a": 1}') -> tuple[int, list[str]]:
+    with CaptureQueriesContext(connection) as queries:
+        response = Client().post(
+            "/created/", body, content_type="application/json", headers={"Idempotency-Key": key}
+        )
+    return response.status_code, [q["sql"].split()[0].upper() for q in queries.captured_queries]
+
+
+def _prepared() -> list[str]:
+    """The statements of the app's tables that this connection has prepared."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        statements = [str(row[0]) for row in cursor.fetchall()]
+    return sorted(s for s in statements if "idempotency_idempotency" in s)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_connection() -> Iterator[None]:
+    # Prepared statements live as long as the server connection: start without any.
+    connection.close()
+    yield
+    connection.close()
+
+
+def _round() -> list[tuple[int, list[str]]]:
+    key = str(uuid.uuid4())
+    return [_send(key), _send(key), _send(key, '{"a": 2}')]  # first, replay, mismatch
+
+
+@pytest.mark.skipif(PREPARED_BY_DEFAULT, reason="this run turns PREPARED_STATEMENTS on")
+def test_off_by_default_nothing_is_prepared(settings: Any) -> None:
+    answers = _round() + _round()
+
+    assert [status for status, _ in answers] == [201, 201, 409] * 2
+    assert _prepared() == []
+
+
+def test_on_the_store_prepares_its_statements_once_per_connection() -> None:
+    with override_settings(IDEMPOTENCY={"PREPARED_STATEMENTS": True}):
+        first_round = _round()
+        after_one = _prepared()
+        second_round = _round()
+        after_two = _prepared()
+
+    assert [status for status, _ in first_round + second_round] == [201, 201, 409] * 2
+    # The claim INSERT, the completion (UPDATE + response INSERT in one WITH) and the
+    # read of an existing key; prepared the first time, reused after.
+    assert [s.split()[0].upper() for s in after_one] == ["INSERT", "SELECT", "WITH"]
+    assert after_two == after_one
+
+
+def test_on_the_statements_are_the_same_ones() -> None:
+    with override_settings(IDEMPOTENCY={"PREPARED_STATEMENTS": False}):
+        plain = _round()
+    with override_settings(IDEMPOTENCY={"PREPARED_STATEMENTS": True}):
+        prepared = _round()
+
+    assert [statements for _, statements in prepared] == [statements for _, statements in plain]
+    assert [statements for _, statements in prepared] == [
+        ["INSERT", "BEGIN", "WITH", "COMMIT"],
+        ["INSERT", "SELECT"],
+        ["INSERT", "SELECT"],
+    ]
+
+
+def test_on_a_takeover_and_a_release_are_prepared_too() -> None:
+    from django.utils import timezone
+
+    from idempotency.models import IdempotencyKey
+
+    key = str(uuid.uuid4())
+    with override_settings(IDEMPOTENCY={"PREPARED_STATEMENTS": True}):
+        assert _send(key)[0] == 201
+        # Expire it, so that the next request takes it over.
+        IdempotencyKey.objects.filter(key=key).update(expires_at=timezone.now())
+        status, statements = _send(key)
+        prepared = _prepared()
+
+    assert status == 201
+    assert "UPDATE" in statements
+    assert any(s.split()[0].upper() == "UPDATE" for s in prepared), prepared
