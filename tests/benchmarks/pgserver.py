@@ -17,8 +17,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @contextmanager
-def postgres_server(url: str | None) -> Iterator[str]:
-    """Yield ``url``; without one, start a PostgreSQL 15 with ``scripts/pg`` and stop it after."""
+def postgres_server(url: str | None, port: int | None = None) -> Iterator[str]:
+    """Yield ``url``; without one, start a PostgreSQL 15 with ``scripts/pg`` (on ``port``,
+    else a free one) and stop it after."""
     if url:
         yield url
         return
@@ -27,7 +28,7 @@ def postgres_server(url: str | None) -> Iterator[str]:
     from tests.stress.harness import Cluster, free_port
 
     directory = Path(tempfile.mkdtemp(prefix="django-idempotency-bench-pg."))
-    cluster = Cluster(directory, free_port())
+    cluster = Cluster(directory, port or free_port())
     try:
         cluster.start()
         yield cluster.url()
@@ -39,8 +40,9 @@ def postgres_server(url: str | None) -> Iterator[str]:
 
 
 @contextmanager
-def mariadb_server(url: str | None) -> Iterator[str]:
-    """Yield ``url``; without one, start a MariaDB with ``scripts/mariadb`` and stop it after.
+def mariadb_server(url: str | None, port: int | None = None) -> Iterator[str]:
+    """Yield ``url``; without one, start a MariaDB with ``scripts/mariadb`` (on ``port``,
+    else a free one) and stop it after.
 
     The throwaway server flushes its redo log about once a second, as the throwaway
     PostgreSQL runs without ``fsync``: both measure the app's work, not the disk's.
@@ -53,7 +55,7 @@ def mariadb_server(url: str | None) -> Iterator[str]:
     from tests.stress.harness import MariaDBServer, free_port
 
     directory = Path(tempfile.mkdtemp(prefix="django-idempotency-bench-mariadb."))
-    server = MariaDBServer(directory, free_port(), durable=False)
+    server = MariaDBServer(directory, port or free_port(), durable=False)
     try:
         server.start()
         yield server.url()
