@@ -36,15 +36,13 @@ import random
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-from pgserver import add_url_option, mariadb_server, mysql_connect, postgres_server
+from pgserver import add_url_option, fresh_database, mariadb_server, postgres_server
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -250,24 +248,7 @@ def main() -> int:
         mariadb_server(args.mariadb_url if "mariadb" in wanted else "unused") as maria,
     ):
         for name in wanted:
-            if name == "sqlite":
-                url = f"sqlite:///{tempfile.mkdtemp(prefix='bench-inprocess.')}/bench.sqlite3"
-            elif name == "mariadb":
-                conn = mysql_connect(maria)
-                try:
-                    cursor = conn.cursor()
-                    cursor.execute("DROP DATABASE IF EXISTS bench_inprocess")
-                    cursor.execute("CREATE DATABASE bench_inprocess CHARACTER SET utf8mb4")
-                finally:
-                    conn.close()
-                url = urlunsplit(urlsplit(maria)._replace(path="/bench_inprocess"))
-            else:
-                import psycopg
-
-                with psycopg.connect(server, autocommit=True) as conn:
-                    conn.execute("DROP DATABASE IF EXISTS bench_inprocess WITH (FORCE)")
-                    conn.execute("CREATE DATABASE bench_inprocess")
-                url = server.rsplit("/", 1)[0] + "/bench_inprocess"
+            url = fresh_database(name, "bench_inprocess", server, maria)
             command = [sys.executable, __file__, "--worker", url]
             command += ["--rounds", str(args.rounds), "--per-round", str(args.per_round)]
             env = dict(os.environ)

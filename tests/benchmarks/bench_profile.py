@@ -61,9 +61,8 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-from pgserver import add_url_option, mariadb_server, mysql_connect, postgres_server
+from pgserver import add_url_option, fresh_database, mariadb_server, postgres_server
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -997,24 +996,7 @@ def main() -> int:
         ) as maria,
     ):
         for name in wanted:
-            if name == "sqlite":
-                url = f"sqlite:///{tempfile.mkdtemp(prefix='bench-profile.')}/bench.sqlite3"
-            elif name == "mariadb":
-                conn = mysql_connect(maria)
-                try:
-                    cursor = conn.cursor()
-                    cursor.execute("DROP DATABASE IF EXISTS bench_profile")
-                    cursor.execute("CREATE DATABASE bench_profile CHARACTER SET utf8mb4")
-                finally:
-                    conn.close()
-                url = urlunsplit(urlsplit(maria)._replace(path="/bench_profile"))
-            else:
-                import psycopg
-
-                with psycopg.connect(server, autocommit=True) as conn:
-                    conn.execute("DROP DATABASE IF EXISTS bench_profile WITH (FORCE)")
-                    conn.execute("CREATE DATABASE bench_profile")
-                url = server.rsplit("/", 1)[0] + "/bench_profile"
+            url = fresh_database(name, "bench_profile", server, maria)
             command = [sys.executable, __file__, "--worker", url, "--variants", args.variants]
             command += ["--rounds", str(args.rounds), "--per-round", str(args.per_round)]
             command += ["--profiled", str(args.profiled)]

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -64,6 +64,28 @@ def mariadb_server(url: str | None, port: int | None = None) -> Iterator[str]:
             server.destroy()
         finally:
             shutil.rmtree(directory, ignore_errors=True)
+
+
+def fresh_database(vendor: str, name: str, postgres_url: str, mariadb_url: str) -> str:
+    """The URL of an empty database ``name`` (dropped first if it is there): a SQLite file
+    in a new temporary folder, or a database on the PostgreSQL or MariaDB server."""
+    if vendor == "sqlite":
+        return f"sqlite:///{tempfile.mkdtemp(prefix=f'{name}.')}/bench.sqlite3"
+    if vendor == "mariadb":
+        conn = mysql_connect(mariadb_url)
+        try:
+            cursor = conn.cursor()
+            cursor.execute(f"DROP DATABASE IF EXISTS {name}")
+            cursor.execute(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
+        finally:
+            conn.close()
+        return urlunsplit(urlsplit(mariadb_url)._replace(path=f"/{name}"))
+    import psycopg
+
+    with psycopg.connect(postgres_url, autocommit=True) as pg:
+        pg.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        pg.execute(f"CREATE DATABASE {name}")
+    return postgres_url.rsplit("/", 1)[0] + f"/{name}"
 
 
 def mysql_connect(url: str) -> Any:
