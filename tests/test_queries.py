@@ -14,6 +14,8 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
 
+from tests.conftest import PREPARED_BY_DEFAULT
+
 pytestmark = [pytest.mark.urls(__name__), pytest.mark.django_db(transaction=True)]
 
 
@@ -25,6 +27,14 @@ def no_db(request: HttpRequest) -> JsonResponse:
 urlpatterns = [path("no-db/", no_db)]
 
 POSTGRES = connection.vendor == "postgresql"
+#: PostgreSQL with PREPARED_STATEMENTS (the *-prepared tox env): the claim reads an
+#: existing key in the same statement, a WITH.
+CLAIM = "WITH" if PREPARED_BY_DEFAULT else "INSERT"
+#: The statements of a replay, and of a mismatch.
+if POSTGRES:
+    REPLAY = ["WITH"] if PREPARED_BY_DEFAULT else ["INSERT", "SELECT"]
+else:
+    REPLAY = ["SELECT"]
 #: SQLite, MariaDB and MySQL: a read first (the INSERT costs SQLite its single write
 #: lock, InnoDB a duplicate-key error and a lock), then a plain INSERT.
 READ_FIRST = connection.vendor in ("sqlite", "mysql")
@@ -56,7 +66,7 @@ def test_first_request_claims_once_and_completes_once() -> None:
     if POSTGRES:
         # The claim INSERT, then UPDATE + response INSERT in one statement, in the view's
         # transaction: the statements of the physical floor, no more.
-        assert statements == ["INSERT", "BEGIN", "WITH", "COMMIT"]
+        assert statements == [CLAIM, "BEGIN", "WITH", "COMMIT"]
     else:
         # A read first, so that a replay never writes; the response in the view's
         # transaction, after the fenced UPDATE.
@@ -68,7 +78,7 @@ def test_first_request_without_atomic() -> None:
     with override_settings(IDEMPOTENCY={"ATOMIC": False}):
         statements = _send(key=str(uuid.uuid4()))
     if POSTGRES:
-        assert statements == ["INSERT", "WITH"]
+        assert statements == [CLAIM, "WITH"]
     else:
         assert READ_FIRST
         assert statements == ["SELECT", "INSERT", "BEGIN", "UPDATE", "INSERT", "COMMIT"]
@@ -77,8 +87,7 @@ def test_first_request_without_atomic() -> None:
 def test_mismatch_costs_what_a_replay_costs() -> None:
     key = str(uuid.uuid4())
     _send(key=key)
-    expected = ["INSERT", "SELECT"] if POSTGRES else ["SELECT"]
-    assert _send(key=key, body='{"a": 2}', status=409) == expected
+    assert _send(key=key, body='{"a": 2}', status=409) == REPLAY
 
 
 def test_replay_reads_and_writes_nothing() -> None:
@@ -88,9 +97,9 @@ def test_replay_reads_and_writes_nothing() -> None:
     _send(key=key)
     stored = list(IdempotencyKey.objects.values()), list(IdempotencyResponse.objects.values())
     for _ in range(3):
-        # PostgreSQL: the claim INSERT conflicts and writes nothing, then one read.
-        # SQLite: one read.
-        assert _send(key=key) == (["INSERT", "SELECT"] if POSTGRES else ["SELECT"])
+        # PostgreSQL: the claim INSERT conflicts and writes nothing, then one read (with
+        # PREPARED_STATEMENTS, both in one statement). SQLite, MariaDB: one read.
+        assert _send(key=key) == REPLAY
     assert (list(IdempotencyKey.objects.values()), list(IdempotencyResponse.objects.values())) == (
         stored
     )
