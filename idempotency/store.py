@@ -187,8 +187,13 @@ def _build_sql(vendor: str, quote: Quote) -> _SQL:
         f"OR ({kstate} = '{RUNNING}' AND {klease} <= %s))"
     )
     drop_response = f"DELETE FROM {rt} WHERE {rkey} = %s"
+    # The TTL counts from the claim, which set expires_at: the completion leaves it, so
+    # that no indexed column changes and PostgreSQL can update the row HOT (InnoDB then
+    # skips the index too). Only a key whose TTL ran out while its view ran gets a
+    # fresh one, so that a stored response is never born expired.
     complete = (
-        f"UPDATE {kt} SET {kstate} = '{COMPLETED}', {klease} = NULL, {kdone} = %s, {kexp} = %s "
+        f"UPDATE {kt} SET {kstate} = '{COMPLETED}', {klease} = NULL, {kdone} = %s, "
+        f"{kexp} = CASE WHEN {kexp} > %s THEN {kexp} ELSE %s END "
         f"WHERE {kid} = %s AND {kfence} = %s AND {kstate} = '{RUNNING}'"
     )
     # No upsert: a key's old response is deleted when the key is taken over, so the
@@ -593,11 +598,16 @@ class Store:
         headers: list[list[str]],
         body: bytes,
     ) -> bool:
-        """Store the response if this caller still holds the key (its fence)."""
+        """Store the response if this caller still holds the key (its fence).
+
+        The key keeps the expiry its claim gave it; ``expires_at`` replaces it only
+        when that has already passed at ``now``.
+        """
         conn, sql = self._prepare()
         ts = conn.ops.adapt_datetimefield_value
         headers_json = json.dumps(headers, separators=(",", ":"))
-        key_params = [ts(now), ts(expires_at), key_id, fence]
+        at = ts(now)
+        key_params = [at, at, ts(expires_at), key_id, fence]
         if sql.complete_response is None:
             params = [*key_params, status, headers_json, body]
             if len(body) >= BINARY_BODY_MIN and _binds_binary(conn):

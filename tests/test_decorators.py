@@ -400,7 +400,7 @@ def test_first_request_runs_and_is_stored(middleware: bool, url: str) -> None:
     assert row.scope == "anonymous"
     assert (row.method, row.path, row.fence) == ("POST", url, 1)
     assert row.lease_expires_at is None
-    assert row.expires_at - row.completed_at == timedelta(hours=24)
+    assert row.expires_at - row.created_at == timedelta(hours=24)
     assert row.response.status == 201
     assert bytes(row.response.body) == response.content
     headers = stored_headers("k-1")
@@ -564,7 +564,7 @@ def test_decorated_twice_is_claimed_once_by_the_outer_decorator(middleware: bool
     assert Payment.objects.count() == 1
     row = key_row("k-1")
     assert row.fence == 1
-    assert row.expires_at - row.completed_at == timedelta(hours=24)  # the outer one's TTL
+    assert row.expires_at - row.created_at == timedelta(hours=24)  # the outer one's TTL
 
 
 def test_middleware_protects_an_undecorated_view_and_skips_the_exempt_one() -> None:
@@ -618,14 +618,14 @@ def test_ttl_and_lock_timeout_options(middleware: bool) -> None:
     assert response.headers["X-Lease"] == "7.0"
     row = key_row("k-1")
     assert row.state == IdempotencyKey.State.COMPLETED
-    assert row.expires_at - row.completed_at == timedelta(minutes=5)
+    assert row.expires_at - row.created_at == timedelta(minutes=5)
     assert row.response.status == 201
 
 
 def test_ttl_in_seconds(middleware: bool) -> None:
     assert post("/short-ttl/", key="k-1").status_code == 201
     row = key_row("k-1")
-    assert row.expires_at - row.completed_at == timedelta(seconds=90)
+    assert row.expires_at - row.created_at == timedelta(seconds=90)
 
 
 def test_expired_key_counts_as_new(middleware: bool) -> None:
@@ -826,7 +826,7 @@ def test_all_options_at_once(middleware: bool) -> None:
     assert other_tenant.status_code == 201
     assert "Idempotent-Replayed" not in other_tenant.headers
     row = key_row("d-1", scope="tenant:a")
-    assert row.expires_at - row.completed_at == timedelta(seconds=120)
+    assert row.expires_at - row.created_at == timedelta(seconds=120)
     assert key_row("d-1", scope="tenant:b").state == IdempotencyKey.State.COMPLETED
     # atomic=False: the write of the view that raised stays.
     assert key_row("d-2").state == IdempotencyKey.State.RELEASED

@@ -391,7 +391,7 @@ def test_stripe_first_delivery_runs_the_handler_once(middleware: bool) -> None:
     row = key_row("evt_1")
     assert (row.scope, row.state) == ("stripe", IdempotencyKey.State.COMPLETED)
     assert row.completed_at is not None
-    assert row.expires_at - row.completed_at == timedelta(days=4)
+    assert row.expires_at - row.created_at == timedelta(days=4)
 
 
 def test_stripe_redelivery_replays_without_running_the_handler(middleware: bool) -> None:
@@ -643,7 +643,7 @@ def test_github_first_delivery_runs_and_redelivery_replays(middleware: bool) -> 
     row = key_row("72d3162e-cc78-11e3-81ab-4c9367dc0958")
     assert row.scope == "github:1"
     assert row.completed_at is not None
-    assert row.expires_at - row.completed_at == timedelta(days=30)
+    assert row.expires_at - row.created_at == timedelta(days=30)
 
 
 BAD_GITHUB_SIGNATURES = {

@@ -200,6 +200,14 @@ def bump_fence(request: HttpRequest) -> HttpResponse:
     return HttpResponse(f"late call {n}", status=201)
 
 
+def outlive_ttl(request: HttpRequest) -> HttpResponse:
+    # A view that runs past its key's TTL, counted from the claim.
+    n = _note(request)
+    key = request.headers["Idempotency-Key"]
+    IdempotencyKey.objects.filter(key=key).update(expires_at=timezone.now() - timedelta(seconds=1))
+    return HttpResponse(f"slow call {n}", status=201)
+
+
 def in_transaction(request: HttpRequest) -> JsonResponse:
     n = _note(request)
     return JsonResponse({"call": n, "atomic": connection.in_atomic_block}, status=201)
@@ -275,6 +283,7 @@ urlpatterns = [
     path("form/", form_view),
     path("upload/", upload),
     path("fence/", bump_fence),
+    path("outlive-ttl/", outlive_ttl),
     path("in-transaction/", in_transaction),
     path("break/", break_own_connection),
     path("lose-database/", lose_database_midway),
@@ -1123,7 +1132,53 @@ def test_ttl_setting_sets_the_expiry(send: Send, settings: Any, ttl: Any) -> Non
 
     row = the_key(key)
     seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else ttl
-    assert row.expires_at - row.completed_at == timedelta(seconds=seconds)
+    assert row.expires_at - row.created_at == timedelta(seconds=seconds)
+
+
+def test_the_completion_keeps_the_expiry_of_the_claim(send: Send, settings: Any) -> None:
+    settings.IDEMPOTENCY = {"TTL": 600}
+    key = new_key()
+    send("POST", "/sync/", headers=idem(key))
+
+    row = the_key(key)
+    assert row.completed_at is not None and row.completed_at > row.created_at
+    assert row.expires_at == row.created_at + timedelta(seconds=600)
+
+
+def test_a_view_that_outlives_its_ttl_still_stores_a_live_response(
+    send: Send, settings: Any
+) -> None:
+    settings.IDEMPOTENCY = {"TTL": 600}
+    key = new_key()
+    first = send("POST", "/outlive-ttl/", headers=idem(key))
+
+    row = the_key(key)
+    assert row.completed_at is not None
+    assert row.expires_at == row.completed_at + timedelta(seconds=600)
+    replay = send("POST", "/outlive-ttl/", headers=idem(key))
+    assert_replay_of(replay, first)
+    assert len(CALLS) == 1
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="HOT updates are PostgreSQL's")
+def test_the_completion_is_a_hot_update_on_postgresql(send: Send) -> None:
+    # pg_stat_xact_user_tables counts this connection's updates of the key table not
+    # yet flushed to the statistics, and how many of them PostgreSQL made HOT (no new
+    # index entries), which it can only when no indexed column changed.
+    def counts() -> tuple[int, int]:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_xact_user_tables WHERE relname = %s",
+                [IdempotencyKey._meta.db_table],
+            )
+            updates, hot = cursor.fetchone()
+        return int(updates), int(hot)
+
+    before = counts()
+    for _ in range(5):
+        assert send("POST", "/sync/", headers=idem(new_key())).status_code == 201
+    after = counts()
+    assert (after[0] - before[0], after[1] - before[1]) == (5, 5)
 
 
 def _running_row(send: Send, key: str, *, lease: timedelta, body: bytes = BODY) -> IdempotencyKey:

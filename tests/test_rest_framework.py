@@ -343,7 +343,7 @@ def test_first_request_runs_and_is_stored(middleware: bool, alice: User) -> None
     row = key_row("k-1")
     assert row.scope == f"user:{alice.pk}"
     assert (row.state, row.method, row.path, row.fence) == ("completed", "POST", "/create/", 1)
-    assert row.expires_at - row.completed_at == timedelta(hours=24)
+    assert row.expires_at - row.created_at == timedelta(hours=24)
     assert row.response.status == 201
     assert bytes(row.response.body) == response.content
     stored = {name: value for name, value in row.response.headers}
@@ -782,7 +782,7 @@ def test_server_error_response_rolls_back_and_releases(middleware: bool, alice: 
 def test_ttl_attribute(middleware: bool, alice: User) -> None:
     assert_fresh(post(token_client(alice), "/ttl/", key="k-1"))
     row = key_row("k-1")
-    assert row.expires_at - row.completed_at == timedelta(minutes=10)
+    assert row.expires_at - row.created_at == timedelta(minutes=10)
 
 
 def test_lock_timeout_attribute(middleware: bool, alice: User) -> None:
@@ -792,7 +792,7 @@ def test_lock_timeout_attribute(middleware: bool, alice: User) -> None:
     assert response.headers["X-State"] == "running"
     assert response.headers["X-Lease"] == "9.0"
     row = key_row("k-1")
-    assert row.expires_at - row.completed_at == timedelta(seconds=30)
+    assert row.expires_at - row.created_at == timedelta(seconds=30)
 
 
 def test_key_func_attribute_reads_request_data(middleware: bool, alice: User) -> None:
@@ -916,7 +916,7 @@ def test_options_come_from_settings_at_call_time(
     settings.IDEMPOTENCY = {"TTL": timedelta(hours=2)}
     assert_fresh(post(token_client(alice), "/create/", key="k-1"))
     row = key_row("k-1")
-    assert row.expires_at - row.completed_at == timedelta(hours=2)
+    assert row.expires_at - row.created_at == timedelta(hours=2)
 
 
 # -- exempt viewset actions -------------------------------------------------------------
