@@ -95,6 +95,9 @@ class Endpoint:
 
 DRF = Endpoint("DRF", "/api/items/", auth=True)
 PLAIN = Endpoint("plain", "/items/", auth=False)
+#: The DRF view without authentication, for the baseline only: beside DRF, what
+#: DRF's token authentication costs a request.
+DRF_OPEN = Endpoint("DRF, unauthenticated", "/api/items/open/", auth=False)
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,7 @@ def _header(name: str, value: str | None = None) -> Callable[[Reply], bool]:
 INTEGRATIONS = {
     integration.name: integration
     for integration in (
-        Integration("baseline", "baseline", None, (DRF, PLAIN), "no idempotency"),
+        Integration("baseline", "baseline", None, (DRF, PLAIN, DRF_OPEN), "no idempotency"),
         Integration(
             "ours",
             "ours",
@@ -134,6 +137,14 @@ INTEGRATIONS = {
             "django-idempotency",
             (DRF, PLAIN),
             'as ours, IDEMPOTENCY = {"ATOMIC": False}',
+            _header("Idempotent-Replayed", "true"),
+        ),
+        Integration(
+            "ours-prepared",
+            "ours_prepared",
+            "django-idempotency",
+            (DRF, PLAIN),
+            'as ours, IDEMPOTENCY = {"PREPARED_STATEMENTS": True}',
             _header("Idempotent-Replayed", "true"),
         ),
         Integration(
@@ -187,6 +198,8 @@ def _variants() -> dict[str, Variant]:
         Variant("ours-first", INTEGRATIONS["ours"], "first"),
         Variant("ours-replay", INTEGRATIONS["ours"], "replay"),
         Variant("ours-atomic-false", INTEGRATIONS["ours-atomic-false"], "first"),
+        Variant("ours-prepared-first", INTEGRATIONS["ours-prepared"], "first"),
+        Variant("ours-prepared-replay", INTEGRATIONS["ours-prepared"], "replay"),
     ]
     for peer in (
         "django-idempotency-key",
@@ -657,6 +670,87 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+#: What an alternative skips, per endpoint, and so may be faster by: the step's name
+#: and the two baseline endpoints whose difference measures it.
+SKIPPED_STEPS: dict[tuple[str, str], tuple[str, str, str]] = {
+    # Both answer a replay from their middleware, before DRF authenticates the caller.
+    ("drf-idempotency", "DRF"): ("DRF token authentication", "DRF", DRF_OPEN.name),
+    ("django-idempotency-key", "DRF"): ("DRF token authentication", "DRF", DRF_OPEN.name),
+}
+
+
+def _ms(rps: float | None) -> float | None:
+    """Machine time per request, in ms: the inverse of the throughput."""
+    return 1000.0 / rps if rps else None
+
+
+def skipped_steps(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every (alternative, endpoint, mode) faster than one of ours: by how much, and
+    what the step it skips costs, both in machine time per request."""
+    baseline = {row["endpoint"]: row["rps"] for row in rows if row["mode"] == "none"}
+    ours = {
+        (row["variant"].rsplit("-", 1)[0], row["endpoint"], row["mode"]): row["rps"]
+        for row in rows
+        if row["variant"] in {"ours-first", "ours-replay"}
+        or row["variant"].startswith("ours-prepared-")
+    }
+    found = []
+    for row in rows:
+        if row["package"] in {"none", "django-idempotency"}:
+            continue
+        for (integration, endpoint, mode), our_rps in sorted(ours.items()):
+            if endpoint != row["endpoint"] or mode != row["mode"] or not our_rps:
+                continue
+            if row["rps"] is None or row["rps"] <= our_rps:
+                continue
+            gap = (_ms(our_rps) or 0) - (_ms(row["rps"]) or 0)
+            step = SKIPPED_STEPS.get((row["package"], endpoint))
+            cost = None
+            if step is not None:
+                with_step, without = baseline.get(step[1]), baseline.get(step[2])
+                if with_step and without:
+                    cost = (_ms(with_step) or 0) - (_ms(without) or 0)
+            found.append(
+                {
+                    "alternative": row["variant"],
+                    "ours": f"{integration}-{mode}",
+                    "endpoint": endpoint,
+                    "gap_ms": round(gap, 3),
+                    "skipped_step": step[0] if step else None,
+                    "step_ms": None if cost is None else round(cost, 3),
+                    "within": None if cost is None else gap <= cost,
+                }
+            )
+    return found
+
+
+def steps_table(steps: list[dict[str, Any]]) -> str:
+    if not steps:
+        return "No alternative was faster than ours on any endpoint."
+    header = [
+        "alternative",
+        "faster than",
+        "endpoint",
+        "gap ms/req",
+        "skips",
+        "step ms/req",
+        "gap within the step",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for s in steps:
+        cells = [
+            s["alternative"],
+            s["ours"],
+            s["endpoint"],
+            f"{s['gap_ms']:.3f}",
+            s["skipped_step"] or "not measured",
+            "-" if s["step_ms"] is None else f"{s['step_ms']:.3f}",
+            "-" if s["within"] is None else ("yes" if s["within"] else "no"),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------- main
 
 
@@ -695,6 +789,7 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found: apt-get install wrk (scripts/bench does it as root)")
     started = time.monotonic()
+    load_at_start = round(os.getloadavg()[0], 2)
     variants: list[Variant] = args.chosen
     runs = [Run(variant, endpoint) for variant in variants for endpoint in variant.endpoints]
     load_seconds = args.rounds * len(runs) * (args.duration + WARMUP_SECONDS + 0.3)
@@ -795,7 +890,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "http",
         "date": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
-        "machine": machine(),
+        "machine": {**machine(), "load_average": [load_at_start, round(os.getloadavg()[0], 2)]},
         "versions": found_versions,
         "parameters": {
             "rounds": args.rounds,
@@ -815,12 +910,15 @@ def main(argv: list[str] | None = None) -> int:
         },
         "elapsed_s": round(elapsed, 1),
         "variants": rows,
+        "skipped_steps": skipped_steps(rows),
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     shutil.rmtree(log_dir, ignore_errors=True)
     print()
     print(table(rows))
+    print()
+    print(steps_table(result["skipped_steps"]))
     print()
     say(
         f"wrote {args.output.relative_to(ROOT) if args.output.is_relative_to(ROOT) else args.output}"
