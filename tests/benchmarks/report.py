@@ -167,6 +167,93 @@ def memory_section(data: dict[str, Any]) -> list[str]:
     return intro + _table(header, rows)
 
 
+README = HERE.parents[1] / "README.md"
+README_START = "<!-- benchmark summary: written by tests/benchmarks/report.py -->"
+README_END = "<!-- end of benchmark summary -->"
+
+#: The README's rows: (variant prefix, label). The baseline row has no replays.
+README_ROWS = [
+    ("baseline", "no idempotency"),
+    ("ours", "**django-idempotency**"),
+    ("ours-prepared", 'django-idempotency, `"PREPARED_STATEMENTS": True`'),
+    ("django-idempotency-key", "django-idempotency-key"),
+    ("drf-idempotency", "drf-idempotency"),
+    ("drf-idempotencykey", "drf-idempotencykey"),
+    ("djangorestframework-idempotency-key", "djangorestframework-idempotency-key"),
+]
+
+#: An empty cell of the README's table (an en dash).
+NONE = "\u2013"
+
+#: The README's note beside an alternative's figure.
+README_NOTES = {
+    "django-idempotency-key": "ran the view twice under concurrent duplicates",
+    "drf-idempotency": "replays before authentication, to anyone with the key",
+}
+
+
+def readme_summary(data: dict[str, Any]) -> list[str]:
+    """The README's table: requests/s of each package, first requests and replays."""
+    versions, machine = data["versions"], data["machine"]
+    rps = {(v["variant"], v["endpoint"]): v["rps"] for v in data["variants"]}
+    steps = {
+        (s["alternative"], s["endpoint"]): s
+        for s in data.get("skipped_steps", [])
+        if s["ours"].startswith("ours-") and not s["ours"].startswith("ours-prepared")
+    }
+    lines = [
+        f"Through gunicorn (4 sync workers) on PostgreSQL "
+        f"{versions['postgresql'].split()[0]}, one INSERT per request, measured with `wrk` on "
+        f"{machine['cores']} cores on {data['date'][:10]} (Python {versions['python']}, "
+        f"Django {versions['django']}, DRF {versions['djangorestframework']}; "
+        "[docs/benchmarks.rst](docs/benchmarks.rst) has every figure, p50/p99, queries, "
+        "memory, and the cost of each step an alternative skips):",
+        "",
+        "| requests/s | DRF view, first requests | DRF view, replays "
+        "| plain view, first requests | plain view, replays |",
+        "|---|---|---|---|---|",
+    ]
+    for prefix, label in README_ROWS:
+        package = next(
+            (v["package"] for v in data["variants"] if v["variant"].startswith(prefix)), None
+        )
+        version = (
+            versions.get(package or "")
+            if prefix not in {"baseline", "ours", "ours-prepared"}
+            else None
+        )
+        note = README_NOTES.get(package or "")
+        name_cell = f"{label} {version}" if version else label
+        cells = [f"{name_cell} ({note})" if note else name_cell]
+        for endpoint in ("DRF", "plain"):
+            for mode in ("first", "replay"):
+                name = prefix if prefix == "baseline" else f"{prefix}-{mode}"
+                value = rps.get((name, endpoint))
+                if value is None or (prefix == "baseline" and mode == "replay"):
+                    cells.append(NONE)
+                    continue
+                cell = f"{value:,.0f}"
+                step = steps.get((name, endpoint))
+                if step is not None and step["step_ms"] is not None:
+                    cell += (
+                        f" (skips {step['skipped_step']}, {step['step_ms']:.2f} ms/request; "
+                        f"ours takes {step['gap_ms']:.2f} ms/request more)"
+                    )
+                cells.append(cell)
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_readme(data: dict[str, Any]) -> None:
+    text = README.read_text()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        raise SystemExit(f"report.py: README.md lacks the {README_START!r} markers")
+    body = "\n".join(readme_summary(data))
+    README.write_text(text[: start + len(README_START)] + "\n" + body + "\n" + text[end:])
+    print(f"wrote {README}")
+
+
 def main() -> int:
     sections = [
         ("http", "http.json", http_section),
@@ -186,6 +273,7 @@ def main() -> int:
         ]
         out.write_text("\n".join(lines))
         print(f"wrote {out}")
+    write_readme(json.loads((RESULTS / "http.json").read_text()))
     return 0
 
 
