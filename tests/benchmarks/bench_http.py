@@ -670,12 +670,16 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-#: What an alternative skips, per endpoint, and so may be faster by: the step's name
-#: and the two baseline endpoints whose difference measures it.
-SKIPPED_STEPS: dict[tuple[str, str], tuple[str, str, str]] = {
+#: What an alternative skips, per (package, endpoint, mode), and so may be faster by:
+#: the step's name and the two baseline endpoints whose difference measures it.
+SKIPPED_STEPS: dict[tuple[str, str, str], tuple[str, str, str]] = {
     # Both answer a replay from their middleware, before DRF authenticates the caller.
-    ("drf-idempotency", "DRF"): ("DRF token authentication", "DRF", DRF_OPEN.name),
-    ("django-idempotency-key", "DRF"): ("DRF token authentication", "DRF", DRF_OPEN.name),
+    ("drf-idempotency", "DRF", "replay"): ("DRF token authentication", "DRF", DRF_OPEN.name),
+    ("django-idempotency-key", "DRF", "replay"): (
+        "DRF token authentication",
+        "DRF",
+        DRF_OPEN.name,
+    ),
 }
 
 
@@ -704,7 +708,7 @@ def skipped_steps(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if row["rps"] is None or row["rps"] <= our_rps:
                 continue
             gap = (_ms(our_rps) or 0) - (_ms(row["rps"]) or 0)
-            step = SKIPPED_STEPS.get((row["package"], endpoint))
+            step = SKIPPED_STEPS.get((row["package"], endpoint, mode))
             cost = None
             if step is not None:
                 with_step, without = baseline.get(step[1]), baseline.get(step[2])
