@@ -2,12 +2,12 @@
 
 Not a test (pytest never collects ``tests/benchmarks``). ``tox -e bench`` runs it; or::
 
-    python tests/benchmarks/bench_memory.py [--url postgres://...] [--mysql-url mysql://...]
+    python tests/benchmarks/bench_memory.py [--url postgres://...] [--mariadb-url mysql://...]
         [--mib 20] [--rounds 3]
 
-Without ``--url`` (or ``TEST_POSTGRES_URL``) it starts a throwaway PostgreSQL. MariaDB
-(or MySQL) is measured when ``--mysql-url`` (or ``TEST_MYSQL_URL``) names a server; a
-database ``bench_memory`` is created there, and the server's ``max_allowed_packet`` is
+Without ``--url`` (or ``TEST_POSTGRES_URL``) it starts a throwaway PostgreSQL, and
+without ``--mariadb-url`` (or ``TEST_MARIADB_URL``) a throwaway MariaDB. A database
+``bench_memory`` is created on each, and the MariaDB server's ``max_allowed_packet`` is
 raised with ``SET GLOBAL`` if it cannot carry the body (a 20 MiB body does not fit
 the default 16 MiB).
 
@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pgserver import add_url_option, postgres_server
+from pgserver import add_url_option, mariadb_server, postgres_server
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -169,11 +169,6 @@ def _run(url: str, mib: int, mode: str, key: str) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_url_option(parser)
-    parser.add_argument(
-        "--mysql-url",
-        default=os.environ.get("TEST_MYSQL_URL"),
-        help="MariaDB or MySQL server URL; default TEST_MYSQL_URL, else MariaDB is skipped",
-    )
     parser.add_argument("--mib", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -187,7 +182,7 @@ def main() -> int:
 
     scratch = tempfile.mkdtemp(prefix="bench-memory.")
     results: dict[str, Any] = {}
-    with postgres_server(args.url) as server:
+    with postgres_server(args.url) as server, mariadb_server(args.mariadb_url) as maria:
         import psycopg
 
         with psycopg.connect(server, autocommit=True) as conn:
@@ -197,10 +192,7 @@ def main() -> int:
             "sqlite": f"sqlite:///{scratch}/memory.sqlite3",
             "postgresql": server.rsplit("/", 1)[0] + "/bench_memory",
         }
-        if args.mysql_url:
-            urls["mariadb"] = _mysql_database(args.mysql_url, args.mib)
-        else:
-            print("bench_memory: no --mysql-url, MariaDB skipped", file=sys.stderr)
+        urls["mariadb"] = _mysql_database(maria, args.mib)
         for name, url in urls.items():
             rounds: dict[str, list[dict[str, Any]]] = {"store": [], "replay": []}
             for n in range(args.rounds):
