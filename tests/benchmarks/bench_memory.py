@@ -24,14 +24,17 @@ body, for storing and for replaying.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
+import platform
 import random
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -200,6 +203,10 @@ def main() -> int:
                 for mode in ("store", "replay"):
                     rounds[mode].append(_run(url, args.mib, mode, key))
             results[name] = {
+                "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+                "python": platform.python_version(),
+                "django": importlib.metadata.version("Django"),
                 "body_mib": args.mib,
                 "rounds": args.rounds,
                 "peak_rss_unprotected_mib": statistics.median(

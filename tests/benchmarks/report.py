@@ -76,7 +76,9 @@ def http_section(data: dict[str, Any]) -> list[str]:
             ]
         )
     lines += _table(header, rows)
-    steps = data.get("skipped_steps", [])
+    if "skipped_steps" not in data:
+        return lines  # measured before the benchmark compared skipped steps
+    steps = data["skipped_steps"]
     if not steps:
         return [*lines, "No alternative was faster than ours on any endpoint.", ""]
     lines += [
@@ -140,7 +142,8 @@ def inprocess_section(data: dict[str, Any]) -> list[str]:
             ]
         )
     intro = [
-        f"Measured {first['date']}, Python {first['python']}, Django {first['django']}, "
+        f"Measured {first['date']} on {first['machine']}, Python {first['python']}, "
+        f"Django {first['django']}, "
         f"{first['rounds']} shuffled rounds of {first['requests_per_round']} requests per "
         "variant; times are medians per request.",
         "",
@@ -160,8 +163,16 @@ def memory_section(data: dict[str, Any]) -> list[str]:
         for name, r in data.items()
     ]
     rounds = {r["rounds"] for r in data.values()}
+    first = next(iter(data.values()))
+    measured = (
+        f"Measured {first['date']} on {first['machine']}, Python {first['python']}, "
+        f"Django {first['django']}; "
+        if "date" in first
+        else ""
+    )
     intro = [
-        f"The median of {', '.join(map(str, sorted(rounds)))} rounds, each in fresh processes.",
+        f"{measured}{'the' if measured else 'The'} median of {', '.join(map(str, sorted(rounds)))} rounds, each in "
+        "fresh processes.",
         "",
     ]
     return intro + _table(header, rows)
@@ -222,6 +233,8 @@ def readme_summary(data: dict[str, Any]) -> list[str]:
             if prefix not in {"baseline", "ours", "ours-prepared"}
             else None
         )
+        if package is None:
+            continue  # not in this run
         note = README_NOTES.get(package or "")
         name_cell = f"{label} {version}" if version else label
         cells = [f"{name_cell} ({note})" if note else name_cell]
