@@ -667,3 +667,38 @@ def test_the_core_imports_neither_http_client() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+@committed
+def test_an_unexpected_error_in_the_transport_leaves_the_outcome_unknown() -> None:
+    transport = Script(ValueError("Invalid URL 'pay'"))
+    with pytest.raises(ValueError, match="Invalid URL"):
+        call(provider(transport), "charge", "bug", "POST", URL, json={})
+
+    operation = OutgoingOperation.objects.get()
+    assert (operation.state, operation.attempts, operation.lease_token) == ("unknown", 1, "")
+    attempt = operation.attempt_set.get()
+    assert attempt.finished_at is not None and attempt.verdict == ""
+    assert attempt.error == "ValueError: Invalid URL 'pay'"
+
+
+@committed
+def test_one_broken_operation_does_not_stop_a_resume_run(registry: list[str]) -> None:
+    _leave_pending("refund", "broken")
+    _leave_pending("charge", "fine")
+
+    def no_secret() -> dict[str, str]:
+        raise KeyError("REFUND_API_KEY")
+
+    transport = Script(CREATED)
+    register("refund", provider(transport, credentials=no_secret))
+    register("charge", provider(transport))
+    registry.extend(["refund", "charge"])
+
+    report = resume_pending()
+
+    assert (report.found, report.errors, report.succeeded) == (2, 1, 1)
+    assert OutgoingOperation.objects.get(reference="fine").state == "succeeded"
+    broken = OutgoingOperation.objects.get(reference="broken")
+    assert (broken.state, broken.attempts, broken.lease_token) == ("pending", 1, "")
+    assert len(transport.sent) == 1

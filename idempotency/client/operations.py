@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import inspect
 import json as jsonlib
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -30,6 +31,8 @@ from idempotency.context import current_key, derive
 
 if TYPE_CHECKING:
     from idempotency.models import OutgoingOperation
+
+logger = logging.getLogger("idempotency.client")
 
 #: Headers never stored with an operation (in lower case): credentials belong in
 #: :attr:`Provider.credentials`, which is called again on every send.
@@ -446,11 +449,16 @@ def _start_attempt(operation: OutgoingOperation, token: str, seconds: float) -> 
     return pk
 
 
-def _finish_attempt(attempt_id: int, status: int | None, error: str, verdict: Verdict) -> None:
+def _finish_attempt(
+    attempt_id: int, status: int | None, error: str, verdict: Verdict | None
+) -> None:
     from idempotency.models import OutgoingAttempt
 
     OutgoingAttempt.objects.using(_alias()).filter(pk=attempt_id).update(
-        finished_at=timezone.now(), status=status, error=error[:ERROR_LIMIT], verdict=verdict.value
+        finished_at=timezone.now(),
+        status=status,
+        error=error[:ERROR_LIMIT],
+        verdict=verdict.value if verdict is not None else "",
     )
 
 
@@ -541,6 +549,9 @@ class _Run:
         _finish(self.operation, self.token, state, answer, error)
         outcome = Outcome(operation=self.operation, answer=answer, response=response)
         if verdict is Verdict.MISMATCH:
+            logger.error(
+                "Outgoing operation %s: the provider answered a key mismatch.", self.operation
+            )
             raise ProviderMismatch(
                 f"Outgoing operation {self.operation}: the provider says key "
                 f"{self.operation.key!r} was used for a different request "
@@ -583,6 +594,7 @@ class _Run:
             f"(at most {policy.max_attempts} in {policy.max_seconds:g} s); last: {reason}."
         )
         _finish(self.operation, self.token, "unknown", self.answer, reason)
+        logger.warning(message)
         return OutcomeUnknown(message, self.operation, self.answer)
 
     def reconcile_failed(self, exc: BaseException) -> OutcomeUnknown:
@@ -664,18 +676,25 @@ def drive(
                 if found is not None:
                     done = True
                     return run.settle(found, provider.judge(found), None)
+            wired = wire_request(provider, operation, headers)
             attempt = _start_attempt(operation, token, run.lease)
             if attempt is None:
                 raise OperationBusy(f"Outgoing operation {operation}: its lease was taken over.")
             run.sent += 1
             error: TransportError | None = None
             try:
-                answer, response = provider.transport.send(
-                    wire_request(provider, operation, headers), timeout=run.timeout()
-                )
+                answer, response = provider.transport.send(wired, timeout=run.timeout())
             except TransportError as exc:
                 error, run.answer, run.error = exc, None, _describe(exc)
                 _finish_attempt(attempt, None, run.error, Verdict.RETRY)
+            except Exception as exc:
+                # Not a network error (a bad URL, a bug): it may have been sent, so the
+                # outcome is unknown; the exception is the caller's to see.
+                run.answer, run.error = None, _describe(exc)
+                _finish_attempt(attempt, None, run.error, None)
+                done = True
+                run.give_up()
+                raise
             else:
                 verdict = provider.judge(answer)
                 _finish_attempt(attempt, answer.status, "", verdict)
@@ -723,18 +742,23 @@ async def adrive(
                 if found is not None:
                     done = True
                     return await sync_to_async(run.settle)(found, provider.judge(found), None)
+            wired = wire_request(provider, operation, headers)
             attempt = await sync_to_async(_start_attempt)(operation, token, run.lease)
             if attempt is None:
                 raise OperationBusy(f"Outgoing operation {operation}: its lease was taken over.")
             run.sent += 1
             error: TransportError | None = None
             try:
-                answer, response = await provider.transport.asend(
-                    wire_request(provider, operation, headers), timeout=run.timeout()
-                )
+                answer, response = await provider.transport.asend(wired, timeout=run.timeout())
             except TransportError as exc:
                 error, run.answer, run.error = exc, None, _describe(exc)
                 await sync_to_async(_finish_attempt)(attempt, None, run.error, Verdict.RETRY)
+            except Exception as exc:
+                run.answer, run.error = None, _describe(exc)
+                await sync_to_async(_finish_attempt)(attempt, None, run.error, None)
+                done = True
+                await sync_to_async(run.give_up)()
+                raise
             else:
                 verdict = provider.judge(answer)
                 await sync_to_async(_finish_attempt)(attempt, answer.status, "", verdict)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -28,6 +29,8 @@ from idempotency.conf import idempotency_settings
 
 if TYPE_CHECKING:
     from idempotency.models import OutgoingOperation
+
+logger = logging.getLogger("idempotency.client")
 
 #: An operation untouched for less than this many seconds is left alone: its call
 #: may still be running.
@@ -127,7 +130,13 @@ def resume_pending(
             report.add(operation, "unknown")
         except ProviderMismatch:
             report.add(operation, "failed")
-        except OutgoingError:
+        except OutgoingError as exc:
+            logger.warning("Outgoing operation %s was not resumed: %s", operation, exc)
+            report.add(operation, "errors")
+        except Exception:
+            # One broken operation (a bad URL, a failing credentials function) must not
+            # stop a cron run from resuming the others.
+            logger.exception("Outgoing operation %s could not be resumed.", operation)
             report.add(operation, "errors")
         else:
             report.add(operation, "succeeded" if outcome.succeeded else "failed")
