@@ -702,3 +702,24 @@ def test_one_broken_operation_does_not_stop_a_resume_run(registry: list[str]) ->
     broken = OutgoingOperation.objects.get(reference="broken")
     assert (broken.state, broken.attempts, broken.lease_token) == ("pending", 1, "")
     assert len(transport.sent) == 1
+
+
+@committed
+def test_a_stale_row_is_read_again_once_claimed() -> None:
+    from idempotency.client.operations import build_request, drive, open_operation
+
+    request = build_request("POST", URL, json={})
+    stale = open_operation(provider(Script(CREATED)), "charge", "stale", request)
+    call(provider(Script(CREATED)), "charge", "stale", "POST", URL, json={})
+    transport = Script(CREATED)
+
+    outcome = drive(provider(transport), stale)
+
+    assert outcome.recorded and outcome.status == 201 and transport.sent == []
+
+    legacy = provider(Script(CREATED), header=None)
+    stale = open_operation(legacy, "ledger", "stale", request)
+    OutgoingOperation.objects.filter(pk=stale.pk).update(attempts=1)
+    with pytest.raises(ReconcileRequired):
+        drive(legacy, stale)
+    assert OutgoingOperation.objects.get(pk=stale.pk).lease_token == ""

@@ -608,22 +608,21 @@ def lease_seconds(provider: Provider) -> float:
 
 def _claim_or_raise(
     provider: Provider, operation: OutgoingOperation, resend_completed: bool
-) -> str:
-    states = (
-        ("pending", "unknown", "succeeded", "failed")
-        if resend_completed
-        else (
-            "pending",
-            "unknown",
-        )
+) -> str | None:
+    """Claim the operation's lease and reload it; None when it completed meanwhile."""
+    states = ["pending", "unknown"]
+    if resend_completed:
+        states += ["succeeded", "failed"]
+    token = _claim(operation, lease_seconds(provider), tuple(states))
+    # What another call did since the row was read (attempts, an outcome) counts.
+    operation.refresh_from_db(using=_alias())
+    if token is not None:
+        return token
+    if operation.state in ("succeeded", "failed") and not resend_completed:
+        return None
+    raise OperationBusy(
+        f"Outgoing operation {operation} is being sent by another call (its lease is live)."
     )
-    token = _claim(operation, lease_seconds(provider), states)
-    if token is None:
-        raise OperationBusy(
-            f"Outgoing operation {operation} is being sent by another call (its lease "
-            "is live), or has completed meanwhile."
-        )
-    return token
 
 
 def _needs_reconcile(provider: Provider, operation: OutgoingOperation) -> bool:
@@ -661,6 +660,8 @@ def drive(
     if not resend_completed and operation.state in ("succeeded", "failed"):
         return Outcome.from_record(operation)
     token = _claim_or_raise(provider, operation, resend_completed)
+    if token is None:
+        return Outcome.from_record(operation)
     run = _Run(provider, operation, token)
     done = False
     try:
@@ -724,6 +725,8 @@ async def adrive(
     if not resend_completed and operation.state in ("succeeded", "failed"):
         return Outcome.from_record(operation)
     token = await sync_to_async(_claim_or_raise)(provider, operation, resend_completed)
+    if token is None:
+        return Outcome.from_record(operation)
     run = _Run(provider, operation, token)
     done = False
     try:
