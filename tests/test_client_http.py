@@ -13,7 +13,6 @@ state); run with ``-s`` to see them.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import socket
@@ -31,6 +30,7 @@ from typing import Any
 import httpx
 import pytest
 import requests
+from asgiref.sync import async_to_sync
 from django.core.management import call_command
 from django.db import connection
 from django.utils import timezone
@@ -287,7 +287,7 @@ def test_async_httpx_retries_a_lost_answer_and_gets_the_replay(
                 provider, "charge", ref, "POST", proxy.url("/payments/"), json=payment(ref)
             )
 
-    outcome = asyncio.run(run())
+    outcome = async_to_sync(run)()
 
     assert isinstance(outcome.response, httpx.Response)
     _assert_replayed_once(outcome, proxy, provider_db, ref, "lost answer, httpx async")
