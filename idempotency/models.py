@@ -210,4 +210,4 @@ class OutgoingAttempt(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.operation_id} #{self.number}"
+        return f"attempt {self.number}"
