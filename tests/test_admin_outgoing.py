@@ -92,6 +92,7 @@ def test_detail_page_shows_the_request_the_response_and_every_attempt(
     assertContains(response, "&quot;amount&quot;: 1250")
     assertContains(response, "&quot;status&quot;: &quot;paid&quot;")
     assertContains(response, "TransportError: connection reset")
+    assertContains(response, "attempt 2")
     inline = response.context["inline_admin_formsets"][0]
     assert [form.original.number for form in inline] == [1, 2]
     assertNotContains(response, 'name="_save"')

@@ -725,3 +725,13 @@ def test_a_stale_row_is_read_again_once_claimed() -> None:
     with pytest.raises(ReconcileRequired):
         drive(legacy, stale)
     assert OutgoingOperation.objects.get(pk=stale.pk).lease_token == ""
+
+
+@committed
+def test_names_and_references_compare_byte_for_byte() -> None:
+    transport = Script(CREATED)
+    for reference in ("pool-tx:A", "pool-tx:a", "pool-tx:a "):
+        call(provider(transport), "charge", reference, "POST", URL, json={})
+
+    assert len(transport.sent) == 3
+    assert OutgoingOperation.objects.values("key").distinct().count() == 3
