@@ -86,8 +86,6 @@ class AsyncScript(Script):
         await asyncio.sleep(0)
         return self.send(request, timeout=timeout)
 
-    # An async transport has no send() of its own for resume() to pick.
-
 
 def lost(sent: bool = True) -> TransportError:
     return TransportError("connection reset", sent=sent)
@@ -735,3 +733,101 @@ def test_names_and_references_compare_byte_for_byte() -> None:
 
     assert len(transport.sent) == 3
     assert OutgoingOperation.objects.values("key").distinct().count() == 3
+
+
+# -- real transports on a closed port, async reconcile, resume results -------------------
+
+
+def _closed_url() -> str:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1/charges"
+
+
+def test_a_refused_connection_counts_as_never_sent() -> None:
+    from idempotency.client.httpx import AsyncHttpxTransport, HttpxTransport
+    from idempotency.client.requests import RequestsTransport
+
+    request = OutgoingRequest("POST", _closed_url(), (("Content-Type", "application/json"),), b"{}")
+    errors = []
+    for transport in (RequestsTransport(), HttpxTransport()):
+        with pytest.raises(TransportError) as raised:
+            transport.send(request, timeout=5)
+        errors.append(raised.value)
+    with pytest.raises(TransportError) as raised:
+        async_to_sync(AsyncHttpxTransport().asend)(request, timeout=5)
+    errors.append(raised.value)
+
+    assert [error.sent for error in errors] == [False, False, False]
+
+
+@committed
+def test_async_reconcile_functions_sync_or_coroutine() -> None:
+    async def not_there(operation: OutgoingOperation) -> Answer | None:
+        return None
+
+    def found(operation: OutgoingOperation) -> Answer | None:
+        return Answer(200, {}, b'{"entry": 1}')
+
+    transport = AsyncScript(lost(), CREATED)
+    legacy = provider(transport, header=None, reconcile=not_there)
+    outcome = async_to_sync(acall)(legacy, "ledger", "a1", "POST", URL, json={})
+    assert outcome.succeeded and outcome.status == 201 and len(transport.sent) == 2
+
+    transport = AsyncScript(lost())
+    legacy = provider(transport, header=None, reconcile=found)
+    outcome = async_to_sync(acall)(legacy, "ledger", "a2", "POST", URL, json={})
+    assert outcome.json() == {"entry": 1} and len(transport.sent) == 1
+
+    transport = AsyncScript(ValueError("bad URL"))
+    with pytest.raises(ValueError):
+        async_to_sync(acall)(provider(transport), "ledger", "a3", "POST", URL, json={})
+    assert OutgoingOperation.objects.get(reference="a3").state == "unknown"
+
+
+@committed
+def test_resume_reports_each_result(registry: list[str]) -> None:
+    from idempotency.client import resume
+
+    for reference in ("r-unknown", "r-failed", "r-refused", "r-async"):
+        _leave_pending("charge" if reference != "r-refused" else "ledger", reference)
+    _leave_pending("other", "r-skipped")
+    answers = {"r-unknown": Answer(503), "r-failed": Answer(400)}
+
+    class ByReference(Script):
+        def send(self, request: OutgoingRequest, *, timeout: float) -> tuple[Answer, Any]:
+            self.sent.append(request)
+            reference = request.body.decode().split('"')[3]
+            return answers.get(reference, CREATED), None
+
+    register("charge", provider(ByReference(CREATED), policy=RetryPolicy(max_attempts=2)))
+    register("ledger", provider(Script(CREATED), header=None))
+    registry.extend(["charge", "ledger"])
+
+    report = resume_pending(names=["charge", "ledger", "other"])
+
+    results = {operation.reference: result for operation, result in report.results}
+    assert results == {
+        "r-unknown": "unknown",
+        "r-failed": "failed",
+        "r-refused": "errors",
+        "r-async": "succeeded",
+        "r-skipped": "skipped",
+    }
+    with pytest.raises(LookupError):
+        resume(OutgoingOperation.objects.get(reference="r-skipped"))
+
+    class AsyncOnly:
+        def __init__(self) -> None:
+            self.script = AsyncScript(CREATED)
+
+        async def asend(self, request: OutgoingRequest, *, timeout: float) -> tuple[Answer, Any]:
+            return await self.script.asend(request, timeout=timeout)
+
+    operation = OutgoingOperation.objects.get(reference="r-unknown")
+    transport = AsyncOnly()
+    outcome = resume(operation, provider(transport))
+    assert outcome.succeeded and len(transport.script.sent) == 1
