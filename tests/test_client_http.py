@@ -97,6 +97,7 @@ class Proxy:
         self.upstream_port = upstream_port
         self.plan: list[str] = []
         self.seen: list[str] = []
+        self.heads: list[bytes] = []
         self.forwarded = 0
         self.answered = threading.Event()
         self.release = threading.Event()
@@ -113,7 +114,7 @@ class Proxy:
 
     def reset(self, *plan: str) -> None:
         with self._lock:
-            self.plan, self.seen, self.forwarded = list(plan), [], 0
+            self.plan, self.seen, self.heads, self.forwarded = list(plan), [], [], 0
         self.answered.clear()
         self.release.clear()
 
@@ -137,6 +138,7 @@ class Proxy:
                 with self._lock:
                     mode = self.plan.pop(0) if self.plan else "pass"
                     self.seen.append(mode)
+                    self.heads.append(request.partition(b"\r\n\r\n")[0])
                 if mode == "503":
                     conn.sendall(
                         b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
@@ -199,6 +201,11 @@ def figures() -> Iterator[None]:
         print("\n\nclient scenarios against gunicorn (SQLite provider):")
         for line in FIGURES:
             print("  " + line)
+
+
+def proxy_request_headers(proxy: Proxy, index: int = 0) -> dict[str, str]:
+    lines = proxy.heads[index].decode("latin-1").split("\r\n")[1:]
+    return {name: value.strip() for name, _, value in (line.partition(":") for line in lines)}
 
 
 def effects(database: Database, reference: str) -> int:
@@ -518,3 +525,41 @@ def test_a_client_killed_mid_operation_is_resumed_by_the_command(
         (2, 201, "succeeded"),
     ]
     assert ["idempotent-replayed", "true"] in operation.response_headers
+
+
+# -- a provider without idempotency support ------------------------------------------
+
+
+def test_without_keys_a_lost_answer_is_never_sent_blind_and_reconcile_settles_it(
+    proxy: Proxy, provider_db: Database
+) -> None:
+    from idempotency.client import Answer, ReconcileRequired
+
+    proxy.reset("cut")
+    ref = reference()
+    url = proxy.url("/payments/")
+    legacy = Provider(RequestsTransport(), header=None, policy=POLICY)
+
+    with pytest.raises(OutcomeUnknown, match="not retried blind"):
+        call(legacy, "post-entry", ref, "POST", url, json=payment(ref))
+    with pytest.raises(ReconcileRequired):
+        call(legacy, "post-entry", ref, "POST", url, json=payment(ref))
+    assert proxy.seen == ["cut"]
+    assert "Idempotency-Key" not in proxy_request_headers(proxy)
+
+    def look_up(operation: OutgoingOperation) -> Answer | None:
+        # The provider's own lookup by reference (here its database, read directly).
+        rows = provider_db.query(
+            "SELECT id FROM shop_payment WHERE reference = %s", (operation.reference,)
+        )
+        return Answer(200, {}, f'{{"id": {rows[0][0]}}}'.encode()) if rows else None
+
+    reconciled = Provider(RequestsTransport(), header=None, policy=POLICY, reconcile=look_up)
+    outcome = call(reconciled, "post-entry", ref, "POST", url, json=payment(ref))
+
+    operation = OutgoingOperation.objects.get(name="post-entry", reference=ref)
+    figure("no keys: lost answer, then reconciled", proxy, effects(provider_db, ref), operation)
+    assert proxy.seen == ["cut"]
+    assert effects(provider_db, ref) == 1
+    assert outcome.succeeded and outcome.status == 200
+    assert (operation.state, operation.attempts) == ("succeeded", 1)
