@@ -32,12 +32,20 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from idempotency.conf import idempotency_settings
-from idempotency.models import IdempotencyKey, IdempotencyResponse
+from idempotency.models import (
+    IdempotencyKey,
+    IdempotencyResponse,
+    OutgoingAttempt,
+    OutgoingOperation,
+)
 
 if TYPE_CHECKING:
     _KeyAdminBase = admin.ModelAdmin[IdempotencyKey]
+    _OperationAdminBase = admin.ModelAdmin[OutgoingOperation]
+    _AttemptInlineBase = admin.TabularInline[OutgoingAttempt, OutgoingOperation]
 else:
-    _KeyAdminBase = admin.ModelAdmin
+    _KeyAdminBase = _OperationAdminBase = admin.ModelAdmin
+    _AttemptInlineBase = admin.TabularInline
 
 #: Bodies are shown up to this many bytes (of text, or of pretty-printed JSON).
 BODY_PREVIEW_BYTES = 64 * 1024
@@ -506,3 +514,134 @@ class IdempotencyKeyAdmin(_KeyAdminBase):
                 % {"count": running},
                 messages.WARNING,
             )
+
+
+class OutgoingAttemptInline(_AttemptInlineBase):
+    model = OutgoingAttempt
+    extra = 0
+    can_delete = False
+    fields = ["number", "started_at", "finished_at", "status", "error", "verdict"]
+    readonly_fields = ["number", "started_at", "finished_at", "status", "error", "verdict"]
+    ordering = ["number"]
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[OutgoingAttempt]:
+        queryset: QuerySet[OutgoingAttempt] = (
+            super().get_queryset(request).using(idempotency_settings.get().database)
+        )
+        return queryset
+
+
+@admin.register(OutgoingOperation)
+class OutgoingOperationAdmin(_OperationAdminBase):
+    """Outgoing operations and their attempts, read-only: the rows belong to the client."""
+
+    list_display = [
+        "name",
+        "reference",
+        "state",
+        "attempts",
+        "response_status",
+        "method",
+        "url",
+        "created_at",
+        "completed_at",
+    ]
+    list_display_links = ["name", "reference"]
+    list_filter = ["state", "name"]
+    search_fields = ["reference", "key"]
+    date_hierarchy = "created_at"
+    ordering = ["-pk"]
+    show_full_result_count = False
+    inlines = [OutgoingAttemptInline]
+    fieldsets = [
+        (None, {"fields": ["name", "reference", "key", "header", "state", "attempts", "error"]}),
+        (
+            _("Request"),
+            {"fields": ["method", "url", "fingerprint", "stored_request_headers", "stored_body"]},
+        ),
+        (_("Lease"), {"fields": ["lease_expires_at"]}),
+        (_("Timestamps"), {"fields": ["created_at", "updated_at", "completed_at"]}),
+        (
+            _("Response"),
+            {
+                "fields": [
+                    "response_status",
+                    "stored_response_headers",
+                    "stored_response_body",
+                    "response_truncated",
+                ]
+            },
+        ),
+    ]
+    readonly_fields = [
+        "name",
+        "reference",
+        "key",
+        "header",
+        "state",
+        "attempts",
+        "error",
+        "method",
+        "url",
+        "fingerprint",
+        "stored_request_headers",
+        "stored_body",
+        "lease_expires_at",
+        "created_at",
+        "updated_at",
+        "completed_at",
+        "response_status",
+        "stored_response_headers",
+        "stored_response_body",
+        "response_truncated",
+    ]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[OutgoingOperation]:
+        queryset: QuerySet[OutgoingOperation] = (
+            super()
+            .get_queryset(request)
+            .using(idempotency_settings.get().database)
+            .defer("request_body", "response_body")
+        )
+        return queryset
+
+    def _headers(self, headers: Any) -> SafeString:
+        return render_to_string(
+            "admin/idempotency/idempotencykey/response_headers.html",
+            {"headers": _pair_list(headers)},
+        )
+
+    @admin.display(description=_("headers"))
+    def stored_request_headers(self, obj: OutgoingOperation) -> SafeString:
+        return self._headers(obj.request_headers)
+
+    @admin.display(description=_("body"))
+    def stored_body(self, obj: OutgoingOperation) -> SafeString:
+        context = body_context(bytes(obj.request_body), _pair_list(obj.request_headers))
+        return render_to_string("admin/idempotency/idempotencykey/response_body.html", context)
+
+    @admin.display(description=_("headers"))
+    def stored_response_headers(self, obj: OutgoingOperation) -> SafeString:
+        return self._headers(obj.response_headers)
+
+    @admin.display(description=_("body"))
+    def stored_response_body(self, obj: OutgoingOperation) -> SafeString:
+        if obj.response_status is None:
+            return format_html("<p>{}</p>", _("No response recorded yet."))
+        context = body_context(bytes(obj.response_body), _pair_list(obj.response_headers))
+        return render_to_string("admin/idempotency/idempotencykey/response_body.html", context)

@@ -106,3 +106,108 @@ class IdempotencyResponse(models.Model):
 
     def __str__(self) -> str:
         return f"{self.status} for {self.idempotency_key_id}"
+
+
+class OutgoingOperation(models.Model):
+    """One logical call to another API, made through :mod:`idempotency.client`.
+
+    The row is committed before the first request is sent, so that every retry (after
+    an exception, a restart, or on another host) finds it and sends the same key.
+    """
+
+    class State(models.TextChoices):
+        PENDING = "pending", _("pending")
+        SUCCEEDED = "succeeded", _("succeeded")
+        FAILED = "failed", _("failed")
+        UNKNOWN = "unknown", _("unknown")
+
+    name = ExactCharField(_("name"), max_length=100)
+    reference = ExactCharField(
+        _("reference"), max_length=255, help_text=_("The caller's stable reference.")
+    )
+    key = ExactCharField(_("key"), max_length=255, help_text=_("The idempotency key it sends."))
+    header = models.CharField(
+        _("header"),
+        max_length=64,
+        blank=True,
+        help_text=_("The header the key is sent in; empty for a provider without keys."),
+    )
+    method = models.CharField(_("method"), max_length=16)
+    url = models.TextField(_("URL"))
+    request_headers = models.JSONField(
+        _("request headers"),
+        default=list,
+        help_text=_("[name, value] pairs; credentials are never stored."),
+    )
+    request_body = models.BinaryField(_("request body"), blank=True)
+    fingerprint = models.CharField(_("fingerprint"), max_length=64)
+    state = models.CharField(
+        _("state"), max_length=16, choices=State.choices, default=State.PENDING
+    )
+    attempts = models.PositiveIntegerField(_("attempts"), default=0)
+    lease_token = models.CharField(_("lease token"), max_length=32, blank=True)
+    lease_expires_at = models.DateTimeField(_("lease expires at"), null=True, blank=True)
+    created_at = models.DateTimeField(_("created at"), default=timezone.now)
+    updated_at = models.DateTimeField(_("updated at"), default=timezone.now)
+    completed_at = models.DateTimeField(_("completed at"), null=True, blank=True)
+    response_status = models.PositiveSmallIntegerField(_("response status"), null=True, blank=True)
+    response_headers = models.JSONField(
+        _("response headers"), default=list, help_text=_("A few [name, value] pairs.")
+    )
+    response_body = models.BinaryField(
+        _("response body"), blank=True, help_text=_("The first bytes of the body.")
+    )
+    response_truncated = models.BooleanField(_("response truncated"), default=False)
+    error = models.TextField(_("last error"), blank=True)
+
+    class Meta:
+        db_table = "idempotency_outgoingoperation"
+        verbose_name = _("outgoing operation")
+        verbose_name_plural = _("outgoing operations")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["name", "reference"], name="idempotency_outgoing_name_ref_uniq"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["state", "updated_at"], name="idempotency_outgoing_state_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.reference}"
+
+
+class OutgoingAttempt(models.Model):
+    """One request sent for an :class:`OutgoingOperation`, and what came of it."""
+
+    operation = models.ForeignKey(
+        OutgoingOperation,
+        on_delete=models.CASCADE,
+        related_name="attempt_set",
+        verbose_name=_("operation"),
+    )
+    number = models.PositiveIntegerField(_("number"))
+    started_at = models.DateTimeField(_("started at"), default=timezone.now)
+    finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
+    status = models.PositiveSmallIntegerField(_("status"), null=True, blank=True)
+    error = models.CharField(_("error"), max_length=255, blank=True)
+    verdict = models.CharField(
+        _("verdict"),
+        max_length=16,
+        blank=True,
+        help_text=_("succeeded, failed, mismatch or retry; empty while it runs, or if it died."),
+    )
+
+    class Meta:
+        db_table = "idempotency_outgoingattempt"
+        verbose_name = _("outgoing attempt")
+        verbose_name_plural = _("outgoing attempts")
+        ordering = ["operation", "number"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["operation", "number"], name="idempotency_outgoing_attempt_uniq"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"attempt {self.number}"
