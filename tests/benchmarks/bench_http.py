@@ -53,6 +53,8 @@ WRK_DIR = BENCH_DIR / "wrk"
 DEFAULT_OUTPUT = BENCH_DIR / "results" / "http.json"
 
 sys.path.insert(0, str(ROOT))
+from report import STEP_HEADER, step_cells  # noqa: E402
+
 from tests.stress.harness import (  # noqa: E402
     Cluster,
     Reply,
@@ -731,27 +733,8 @@ def skipped_steps(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def steps_table(steps: list[dict[str, Any]]) -> str:
     if not steps:
         return "No alternative was faster than ours on any endpoint."
-    header = [
-        "alternative",
-        "faster than",
-        "endpoint",
-        "gap ms/req",
-        "skips",
-        "step ms/req",
-        "gap within the step",
-    ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for s in steps:
-        cells = [
-            s["alternative"],
-            s["ours"],
-            s["endpoint"],
-            f"{s['gap_ms']:.3f}",
-            s["skipped_step"] or "not measured",
-            "-" if s["step_ms"] is None else f"{s['step_ms']:.3f}",
-            "-" if s["within"] is None else ("yes" if s["within"] else "no"),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines = ["| " + " | ".join(STEP_HEADER) + " |", "|" + "---|" * len(STEP_HEADER)]
+    lines += ["| " + " | ".join(step_cells(step)) + " |" for step in steps]
     return "\n".join(lines)
 
 

@@ -33,6 +33,31 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return [*out, ""]
 
 
+#: The columns of the table of skipped steps (``bench_http.skipped_steps``).
+STEP_HEADER = [
+    "alternative",
+    "faster than",
+    "endpoint",
+    "gap, ms/request",
+    "the step it skips",
+    "the step, ms/request",
+    "gap within the step",
+]
+
+
+def step_cells(step: dict[str, Any]) -> list[str]:
+    """One row of the table of skipped steps."""
+    return [
+        step["alternative"],
+        step["ours"],
+        step["endpoint"],
+        f"{step['gap_ms']:.3f}",
+        step["skipped_step"] or "not measured",
+        "-" if step["step_ms"] is None else f"{step['step_ms']:.3f}",
+        "-" if step["within"] is None else ("yes" if step["within"] else "no"),
+    ]
+
+
 def http_section(data: dict[str, Any]) -> list[str]:
     versions = data["versions"]
     machine = data["machine"]
@@ -87,28 +112,7 @@ def http_section(data: dict[str, Any]) -> list[str]:
         "on the baseline: its DRF endpoint with and without DRF's token authentication.",
         "",
     ]
-    step_rows = [
-        [
-            s["alternative"],
-            s["ours"],
-            s["endpoint"],
-            f"{s['gap_ms']:.3f}",
-            s["skipped_step"] or "not measured",
-            "-" if s["step_ms"] is None else f"{s['step_ms']:.3f}",
-            "-" if s["within"] is None else ("yes" if s["within"] else "no"),
-        ]
-        for s in steps
-    ]
-    header = [
-        "alternative",
-        "faster than",
-        "endpoint",
-        "gap, ms/request",
-        "the step it skips",
-        "the step, ms/request",
-        "gap within the step",
-    ]
-    return lines + _table(header, step_rows)
+    return lines + _table(STEP_HEADER, [step_cells(s) for s in steps])
 
 
 def inprocess_section(data: dict[str, Any]) -> list[str]:
