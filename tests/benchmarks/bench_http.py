@@ -85,6 +85,8 @@ class Endpoint:
     name: str
     path: str
     auth: bool
+    #: Writes nothing: measured by the baseline only, for the cost of a step.
+    probe: bool = False
 
     def headers(self, key: str | None) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
@@ -97,9 +99,10 @@ class Endpoint:
 
 DRF = Endpoint("DRF", "/api/items/", auth=True)
 PLAIN = Endpoint("plain", "/items/", auth=False)
-#: The DRF view without authentication, for the baseline only: beside DRF, what
-#: DRF's token authentication costs a request.
-DRF_OPEN = Endpoint("DRF, unauthenticated", "/api/items/open/", auth=False)
+#: A constant 201 through DRF's dispatch with token authentication, and from a plain
+#: view: their difference is what being authenticated by DRF costs a request.
+AUTH_PROBE = Endpoint("probe: DRF, token authentication", "/probe/drf/", auth=True, probe=True)
+PLAIN_PROBE = Endpoint("probe: plain", "/probe/plain/", auth=False, probe=True)
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,9 @@ def _header(name: str, value: str | None = None) -> Callable[[Reply], bool]:
 INTEGRATIONS = {
     integration.name: integration
     for integration in (
-        Integration("baseline", "baseline", None, (DRF, PLAIN, DRF_OPEN), "no idempotency"),
+        Integration(
+            "baseline", "baseline", None, (DRF, PLAIN, AUTH_PROBE, PLAIN_PROBE), "no idempotency"
+        ),
         Integration(
             "ours",
             "ours",
@@ -388,7 +393,10 @@ def check_replay(run: Run, server: Server, databases: Databases, url: str) -> st
     problems = []
     if first.status != 201:
         problems.append(f"first request answered {first.describe()}")
-    if run.variant.mode == "none":
+    if endpoint.probe:
+        if created != 0:
+            problems.append(f"the probe created {created} rows, not 0")
+    elif run.variant.mode == "none":
         if created != 2:
             problems.append(f"the baseline created {created} rows for two requests, not 2")
     else:
@@ -672,16 +680,14 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+_DRF_AUTH = "DRF's dispatch and token authentication"
+
 #: What an alternative skips, per (package, endpoint, mode), and so may be faster by:
 #: the step's name and the two baseline endpoints whose difference measures it.
 SKIPPED_STEPS: dict[tuple[str, str, str], tuple[str, str, str]] = {
     # Both answer a replay from their middleware, before DRF authenticates the caller.
-    ("drf-idempotency", "DRF", "replay"): ("DRF token authentication", "DRF", DRF_OPEN.name),
-    ("django-idempotency-key", "DRF", "replay"): (
-        "DRF token authentication",
-        "DRF",
-        DRF_OPEN.name,
-    ),
+    ("drf-idempotency", "DRF", "replay"): (_DRF_AUTH, AUTH_PROBE.name, PLAIN_PROBE.name),
+    ("django-idempotency-key", "DRF", "replay"): (_DRF_AUTH, AUTH_PROBE.name, PLAIN_PROBE.name),
 }
 
 
@@ -847,7 +853,7 @@ def main(argv: list[str] | None = None) -> int:
         for run in runs:
             integration = run.variant.integration
             slot = (integration.name, run.endpoint.name)
-            if slot in duplicates or run.variant.mode == "replay":
+            if slot in duplicates or run.variant.mode == "replay" or run.endpoint.probe:
                 continue
             name = run.variant.name
             duplicates[slot] = concurrent_duplicates(
@@ -856,7 +862,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"    {integration.name} / {run.endpoint.name}: {duplicates[slot]['summary']}")
         for run in runs:  # a replay variant whose first-request sibling was left out
             slot = (run.variant.integration.name, run.endpoint.name)
-            if slot not in duplicates:
+            if slot not in duplicates and not run.endpoint.probe:
                 name = run.variant.name
                 duplicates[slot] = concurrent_duplicates(
                     servers[name], databases, urls[name], run.endpoint
