@@ -71,6 +71,18 @@ CALLS: list[str] = []
 HOOKS: dict[str, Callable[[HttpRequest], None]] = {}
 
 
+#: The suffix of this test's group names (``_clean_state`` draws one per test). The
+#: names are unique in the table: were they the same in every test, an INSERT could
+#: meet the index entry that an earlier test's rolled-back INSERT left behind for
+#: InnoDB to purge, and the lock that its duplicate check takes there can make a
+#: concurrent request of the same test wait until its lock timeout.
+_RUN = [""]
+
+
+def row_name(n: int) -> str:
+    return f"row-{n}.{_RUN[0]}"
+
+
 def _note(request: HttpRequest) -> int:
     CALLS.append(f"{request.method} {request.get_full_path()} {request.headers.get('X-Role', '')}")
     return len(CALLS)
@@ -90,7 +102,7 @@ def _answer(request: HttpRequest, n: int, username: str, status: int) -> JsonRes
 
 def create(request: HttpRequest, status: int = 201) -> HttpResponse:
     n = _note(request)
-    Group.objects.create(name=f"row-{n}")
+    Group.objects.create(name=row_name(n))
     hook = HOOKS.pop("during", None)
     if hook is not None:
         hook(request)
@@ -99,7 +111,7 @@ def create(request: HttpRequest, status: int = 201) -> HttpResponse:
 
 async def acreate(request: HttpRequest, status: int = 201) -> HttpResponse:
     n = _note(request)
-    await Group.objects.acreate(name=f"row-{n}")
+    await Group.objects.acreate(name=row_name(n))
     hook = HOOKS.pop("during", None)
     if hook is not None:
         await sync_to_async(hook)(request)
@@ -117,27 +129,27 @@ EXCEPTIONS: dict[str, type[Exception]] = {
 
 def explode(request: HttpRequest, kind: str) -> HttpResponse:
     n = _note(request)
-    Group.objects.create(name=f"row-{n}")
+    Group.objects.create(name=row_name(n))
     raise EXCEPTIONS[kind](f"view {n} failed")
 
 
 async def aexplode(request: HttpRequest, kind: str) -> HttpResponse:
     n = _note(request)
-    await Group.objects.acreate(name=f"row-{n}")
+    await Group.objects.acreate(name=row_name(n))
     raise EXCEPTIONS[kind](f"view {n} failed")
 
 
 def rollback_then_answer(request: HttpRequest) -> HttpResponse:
     # What DRF's exception handler does: undo the writes, answer with a 4xx.
     n = _note(request)
-    Group.objects.create(name=f"row-{n}")
+    Group.objects.create(name=row_name(n))
     transaction.set_rollback(True)
     return JsonResponse({"error": "invalid", "call": n}, status=400)
 
 
 def stream(request: HttpRequest) -> StreamingHttpResponse:
     n = _note(request)
-    Group.objects.create(name=f"row-{n}")
+    Group.objects.create(name=row_name(n))
     return StreamingHttpResponse(iter([b"part-1,", f"call-{n}".encode()]), status=201)
 
 
@@ -166,7 +178,7 @@ def json_view(request: HttpRequest) -> JsonResponse:
         data = json.loads(request.body)
     except ValueError:
         return JsonResponse({"error": "malformed JSON", "call": n}, status=400)
-    Group.objects.create(name=f"row-{n}")
+    Group.objects.create(name=row_name(n))
     return JsonResponse({"received": data, "call": n}, status=201)
 
 
@@ -179,7 +191,7 @@ def upload(request: HttpRequest) -> JsonResponse:
     n = _note(request)
     upload = request.FILES["file"]
     content = upload.read()
-    Group.objects.create(name=f"row-{n}")
+    Group.objects.create(name=row_name(n))
     return JsonResponse(
         {
             "call": n,
@@ -194,7 +206,7 @@ def upload(request: HttpRequest) -> JsonResponse:
 def bump_fence(request: HttpRequest) -> HttpResponse:
     # A takeover while this request runs, on this request's own connection.
     n = _note(request)
-    Group.objects.create(name=f"row-{n}")
+    Group.objects.create(name=row_name(n))
     key = request.headers["Idempotency-Key"]
     IdempotencyKey.objects.filter(key=key).update(fence=F("fence") + 1)
     return HttpResponse(f"late call {n}", status=201)
@@ -216,7 +228,7 @@ def in_transaction(request: HttpRequest) -> JsonResponse:
 def break_own_connection(request: HttpRequest) -> HttpResponse:
     # The store's database goes away after the view wrote, before the response is stored.
     n = _note(request)
-    Group.objects.create(name=f"row-{n}")
+    Group.objects.create(name=row_name(n))
     point_at_nowhere(connection)
     return HttpResponse(f"call {n}", status=201)
 
@@ -226,7 +238,7 @@ def lose_database_midway(request: HttpRequest) -> HttpResponse:
     # X-Store: gone the database is really gone (the store cannot be reached either);
     # otherwise only this query failed and the store is fine.
     n = _note(request)
-    Group.objects.create(name=f"row-{n}")
+    Group.objects.create(name=row_name(n))
     if request.headers.get("X-Store") == "gone":
         point_at_nowhere(connection)
     raise OperationalError("server closed the connection unexpectedly")
@@ -310,6 +322,7 @@ def view(request: pytest.FixtureRequest) -> str:
 def _clean_state() -> Iterator[None]:
     CALLS.clear()
     HOOKS.clear()
+    _RUN[0] = uuid.uuid4().hex[:12]
     yield
     HOOKS.clear()
 
@@ -323,7 +336,8 @@ def idem(key: str, **more: str) -> dict[str, str]:
 
 
 def rows() -> list[str]:
-    return sorted(Group.objects.values_list("name", flat=True))
+    """The groups this test's views created, as ``row-N``."""
+    return sorted(name.split(".")[0] for name in Group.objects.values_list("name", flat=True))
 
 
 def the_key(key: str) -> IdempotencyKey:
