@@ -34,6 +34,15 @@ def _transient() -> tuple[type[Exception], ...]:
     return (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 
 
+def _options(request: OutgoingRequest, timeout: float) -> dict[str, Any]:
+    """What both clients' ``request()`` is given besides the method and URL."""
+    return {"headers": list(request.headers), "content": request.body, "timeout": timeout}
+
+
+def _answer(response: Any) -> Answer:
+    return Answer(response.status_code, list(response.headers.multi_items()), response.content)
+
+
 class HttpxTransport:
     """Sends through an ``httpx.Client`` (one of its own when none is given).
 
@@ -56,18 +65,11 @@ class HttpxTransport:
     def send(self, request: OutgoingRequest, *, timeout: float) -> tuple[Answer, Any]:
         try:
             response = self.client.request(
-                request.method,
-                request.url,
-                headers=list(request.headers),
-                content=request.body,
-                timeout=timeout,
+                request.method, request.url, **_options(request, timeout)
             )
         except _transient() as exc:
             raise _error(exc) from exc
-        answer = Answer(
-            response.status_code, list(response.headers.multi_items()), response.content
-        )
-        return answer, response
+        return _answer(response), response
 
 
 class AsyncHttpxTransport:
@@ -87,15 +89,8 @@ class AsyncHttpxTransport:
     async def asend(self, request: OutgoingRequest, *, timeout: float) -> tuple[Answer, Any]:
         try:
             response = await self.client.request(
-                request.method,
-                request.url,
-                headers=list(request.headers),
-                content=request.body,
-                timeout=timeout,
+                request.method, request.url, **_options(request, timeout)
             )
         except _transient() as exc:
             raise _error(exc) from exc
-        answer = Answer(
-            response.status_code, list(response.headers.multi_items()), response.content
-        )
-        return answer, response
+        return _answer(response), response
