@@ -17,7 +17,7 @@ from django.contrib.admin.utils import quote
 from django.contrib.admin.views.main import ChangeList
 from django.contrib.auth import get_permission_codename, get_user_model
 from django.core.exceptions import ValidationError
-from django.db.models import F, Q, QuerySet
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 from django.template.defaultfilters import filesizeformat
 from django.template.loader import render_to_string
@@ -91,7 +91,15 @@ def attach_scope_users(keys: Iterable[IdempotencyKey]) -> None:
 
 
 class IdempotencyKeyChangeList(ChangeList):
-    """Resolves the users behind the scopes of the page's keys in one query."""
+    """Never loads a stored body or its headers; resolves the users behind the scopes
+    of the page's keys in one query."""
+
+    def get_queryset(self, request: HttpRequest, exclude_parameters: Any = None) -> Any:
+        return (
+            super()
+            .get_queryset(request, exclude_parameters)
+            .defer("response_headers", "response_body")
+        )
 
     def get_results(self, request: HttpRequest) -> None:
         super().get_results(request)
@@ -145,9 +153,9 @@ class StatusClassFilter(_KeyFilter):
 
     def condition(self, value: str) -> Q | None:
         if value == "none":
-            return Q(response__isnull=True)
+            return Q(response_status__isnull=True)
         if value in STATUS_CLASSES:
-            return Q(response__status__range=STATUS_CLASSES[value])
+            return Q(response_status__range=STATUS_CLASSES[value])
         return None
 
 
@@ -301,7 +309,7 @@ class IdempotencyKeyAdmin(_KeyAdminBase):
         (_("Timestamps"), {"fields": ["created_at", "completed_at", "expires_at"]}),
         (
             _("Stored response"),
-            {"fields": ["response_status", "response_headers", "response_body"]},
+            {"fields": ["response_status", "stored_headers", "stored_body"]},
         ),
     ]
     readonly_fields = [
@@ -318,8 +326,8 @@ class IdempotencyKeyAdmin(_KeyAdminBase):
         "completed_at",
         "expires_at",
         "response_status",
-        "response_headers",
-        "response_body",
+        "stored_headers",
+        "stored_body",
     ]
 
     class Media:
@@ -342,14 +350,9 @@ class IdempotencyKeyAdmin(_KeyAdminBase):
     # -- queries ----------------------------------------------------------------------
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[IdempotencyKey]:
-        # The status through a join: the changelist never loads a stored response (or
-        # its body); the detail page loads the one it shows.
-        queryset: QuerySet[IdempotencyKey] = (
-            super()
-            .get_queryset(request)
-            .using(self.database)
-            .annotate(_response_status=F("response__status"))
-        )
+        # The changelist defers the stored body and headers (IdempotencyKeyChangeList);
+        # the detail page loads the ones it shows, with the key.
+        queryset: QuerySet[IdempotencyKey] = super().get_queryset(request).using(self.database)
         return queryset
 
     @property
@@ -371,10 +374,10 @@ class IdempotencyKeyAdmin(_KeyAdminBase):
             return [], {}, set(), []
         wanted = objs.values("pk") if isinstance(objs, QuerySet) else [key.pk for key in keys]
         responses = {
-            response.idempotency_key_id: response
-            for response in IdempotencyResponse.objects.using(self.database)
-            .filter(idempotency_key__in=wanted)
-            .only("idempotency_key", "status")
+            pk: IdempotencyResponse(idempotency_key_id=pk, status=status)
+            for pk, status in IdempotencyKey.objects.using(self.database)
+            .filter(pk__in=wanted, response_status__isnull=False)
+            .values_list("pk", "response_status")
         }
         opts, response_opts = IdempotencyKey._meta, IdempotencyResponse._meta
         to_delete: list[Any] = []
@@ -399,10 +402,15 @@ class IdempotencyKeyAdmin(_KeyAdminBase):
         return IdempotencyKeyChangeList
 
     def _response(self, obj: IdempotencyKey) -> IdempotencyResponse | None:
-        try:
-            return obj.response
-        except IdempotencyResponse.DoesNotExist:
+        """The key's stored response, from the key's own row (no query)."""
+        if obj.response_status is None:
             return None
+        return IdempotencyResponse(
+            idempotency_key=obj,
+            status=obj.response_status,
+            headers=obj.response_headers or [],
+            body=obj.response_body or b"",
+        )
 
     # -- columns and fields -----------------------------------------------------------
 
@@ -421,14 +429,6 @@ class IdempotencyKeyAdmin(_KeyAdminBase):
             return format_html('<span title="{}">{}</span>', obj.scope, user)
         return _shorten(obj.scope, SCOPE_DISPLAY_CHARS)
 
-    @admin.display(description=_("response status"), ordering="_response_status")
-    def response_status(self, obj: IdempotencyKey) -> int | None:
-        if hasattr(obj, "_response_status"):
-            status: int | None = obj._response_status
-            return status
-        response = self._response(obj)
-        return response.status if response is not None else None
-
     @admin.display(description=_("lease"))
     def lease_state(self, obj: IdempotencyKey) -> str:
         lease: datetime | None = obj.lease_expires_at
@@ -443,7 +443,7 @@ class IdempotencyKeyAdmin(_KeyAdminBase):
         )
 
     @admin.display(description=_("headers"))
-    def response_headers(self, obj: IdempotencyKey) -> SafeString | None:
+    def stored_headers(self, obj: IdempotencyKey) -> SafeString | None:
         response = self._response(obj)
         if response is None:
             return None
@@ -453,7 +453,7 @@ class IdempotencyKeyAdmin(_KeyAdminBase):
         )
 
     @admin.display(description=_("body"))
-    def response_body(self, obj: IdempotencyKey) -> SafeString:
+    def stored_body(self, obj: IdempotencyKey) -> SafeString:
         response = self._response(obj)
         if response is None:
             context: dict[str, Any] = {"kind": "none"}

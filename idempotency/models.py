@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import models
+from django.db import NotSupportedError, models
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
@@ -68,6 +68,13 @@ class IdempotencyKey(models.Model):
     created_at = models.DateTimeField(_("created at"), default=timezone.now)
     completed_at = models.DateTimeField(_("completed at"), null=True, blank=True)
     expires_at = models.DateTimeField(_("expires at"))
+    # The stored response lives in the key's own row: a completion is one UPDATE, a
+    # replay one read of one row, a purge one DELETE. IdempotencyResponse shows it.
+    response_status = models.PositiveSmallIntegerField(_("response status"), null=True, blank=True)
+    response_headers = models.JSONField(
+        _("response headers"), null=True, blank=True, help_text=_("[name, value] pairs.")
+    )
+    response_body = models.BinaryField(_("response body"), null=True, blank=True)
 
     class Meta:
         db_table = "idempotency_idempotencykey"
@@ -85,11 +92,17 @@ class IdempotencyKey(models.Model):
 
 
 class IdempotencyResponse(models.Model):
-    """The stored response of a completed key, replayed to retries."""
+    """The stored response of a completed key, replayed to retries.
+
+    Read-only: a database view over the ``response_*`` columns of the key's own row
+    (:class:`IdempotencyKey`), one per completed key, for code and the admin that
+    want the response as an object of its own. The store writes those columns; they
+    go when the key is deleted or taken over.
+    """
 
     idempotency_key = models.OneToOneField(
         IdempotencyKey,
-        on_delete=models.CASCADE,
+        on_delete=models.DO_NOTHING,
         primary_key=True,
         related_name="response",
         db_column="key_id",
@@ -100,12 +113,24 @@ class IdempotencyResponse(models.Model):
     body = models.BinaryField(_("body"), blank=True)
 
     class Meta:
+        managed = False
         db_table = "idempotency_idempotencyresponse"
         verbose_name = _("stored response")
         verbose_name_plural = _("stored responses")
 
     def __str__(self) -> str:
         return f"{self.status} for {self.idempotency_key_id}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        raise NotSupportedError(
+            "IdempotencyResponse is a read-only view of the key's response_* columns; "
+            "set those on the IdempotencyKey instead."
+        )
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        raise NotSupportedError(
+            "IdempotencyResponse is a read-only view; delete the IdempotencyKey instead."
+        )
 
 
 class OutgoingOperation(models.Model):

@@ -1,10 +1,11 @@
 """The SQL behind the engine: claim, look up, take over, complete, release.
 
-The fewest statements the guarantees need, in raw SQL. On PostgreSQL a first
-request costs a claim INSERT and a fenced completion that also inserts the
-response (one statement); a replay costs the conflicting INSERT, which writes
-nothing, and one read. On SQLite, MariaDB and MySQL a replay is one read. The
-models keep serving migrations, the admin and the purge command.
+The fewest statements the guarantees need, in raw SQL, against one table: the
+response is stored in the key's own row. On PostgreSQL a first request costs a
+claim INSERT and a fenced completion UPDATE; a replay costs the conflicting
+INSERT, which writes nothing, and one read of one row. On SQLite, MariaDB and
+MySQL a replay is one read. The models keep serving migrations, the admin and the
+purge command.
 
 MariaDB and MySQL share one path (Django's ``mysql`` vendor), in SQL both accept:
 a plain INSERT whose duplicate-key error means "already claimed" (no ``RETURNING``,
@@ -28,7 +29,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Field, Model
 
 from idempotency.conf import idempotency_settings
-from idempotency.models import IdempotencyKey, IdempotencyResponse
+from idempotency.models import IdempotencyKey
 
 RUNNING: str = IdempotencyKey.State.RUNNING.value  # type: ignore[attr-defined]
 COMPLETED: str = IdempotencyKey.State.COMPLETED.value  # type: ignore[attr-defined]
@@ -97,10 +98,10 @@ class _SQL:
     fetch: str
     #: The read inside a transaction, where a plain read may see an old snapshot.
     fetch_locking: str
+    #: Also clears the old response, in the same row and statement.
     takeover: str
-    drop_response: str
+    #: Stores the response in the row, fenced.
     complete: str
-    complete_response: str | None
     release: str
     #: PostgreSQL with PREPARED_STATEMENTS: the claim and the read of an existing key in
     #: one statement (a row with a NULL fingerprint is the id just claimed).
@@ -136,15 +137,10 @@ def _build_sql(vendor: str, quote: Quote) -> _SQL:
             f"supports {', '.join(sorted(SUPPORTED_VENDORS))} (see idempotency.E008)."
         )
     mysql = vendor == "mysql"
-    k = IdempotencyKey._meta
-    r = IdempotencyResponse._meta
-    kt, rt = quote(k.db_table), quote(r.db_table)
+    kt = quote(IdempotencyKey._meta.db_table)
 
     def kc(name: str) -> str:
         return column(IdempotencyKey, name, quote)
-
-    def rc(name: str) -> str:
-        return column(IdempotencyResponse, name, quote)
 
     kid, kscope, kkey, kfp = kc("id"), kc("scope"), kc("key"), kc("fingerprint")
     kstate, kfence, klease, kexp = (
@@ -154,7 +150,7 @@ def _build_sql(vendor: str, quote: Quote) -> _SQL:
         kc("expires_at"),
     )
     kmethod, kpath, kcreated, kdone = kc("method"), kc("path"), kc("created_at"), kc("completed_at")
-    rkey, rstatus, rheaders, rbody = rc("idempotency_key"), rc("status"), rc("headers"), rc("body")
+    rstatus, rheaders, rbody = kc("response_status"), kc("response_headers"), kc("response_body")
     json_param = "%s::jsonb" if vendor == "postgresql" else "%s"
 
     insert = (
@@ -168,9 +164,9 @@ def _build_sql(vendor: str, quote: Quote) -> _SQL:
     existing_columns = (
         f"k.{kid}, k.{kfp}, k.{kstate}, k.{kfence}, "
         f"(k.{klease} IS NOT NULL AND k.{klease} > %s), (k.{kexp} <= %s), "
-        f"r.{rstatus}, r.{rheaders}, r.{rbody}"
+        f"k.{rstatus}, k.{rheaders}, k.{rbody}"
     )
-    existing_from = f"FROM {kt} k LEFT JOIN {rt} r ON r.{rkey} = k.{kid} WHERE k.{kscope} = %s AND k.{kkey} = %s"
+    existing_from = f"FROM {kt} k WHERE k.{kscope} = %s AND k.{kkey} = %s"
     fetch = f"SELECT {existing_columns} {existing_from}"
     # InnoDB under REPEATABLE READ: a plain read in a transaction sees the snapshot of
     # its first read, which may predate a claim or completion that has since committed.
@@ -182,34 +178,21 @@ def _build_sql(vendor: str, quote: Quote) -> _SQL:
         f"UPDATE {kt} SET {kstate} = '{RUNNING}', {kfence} = {kfence} + 1, "
         f"{kfp} = %s, "
         f"{kmethod} = %s, {kpath} = %s, {klease} = %s, {kcreated} = %s, {kdone} = NULL, "
+        f"{rstatus} = NULL, {rheaders} = NULL, {rbody} = NULL, "
         f"{kexp} = %s WHERE {kid} = %s AND {kfence} = %s AND ({kstate} = '{RELEASED}' "
         f"OR ({kstate} = '{COMPLETED}' AND {kexp} <= %s) "
         f"OR ({kstate} = '{RUNNING}' AND {klease} <= %s))"
     )
-    drop_response = f"DELETE FROM {rt} WHERE {rkey} = %s"
     # The TTL counts from the claim, which set expires_at: the completion leaves it, so
     # that no indexed column changes and PostgreSQL can update the row HOT (InnoDB then
     # skips the index too). Only a key whose TTL ran out while its view ran gets a
     # fresh one, so that a stored response is never born expired.
     complete = (
         f"UPDATE {kt} SET {kstate} = '{COMPLETED}', {klease} = NULL, {kdone} = %s, "
-        f"{kexp} = CASE WHEN {kexp} > %s THEN {kexp} ELSE %s END "
+        f"{kexp} = CASE WHEN {kexp} > %s THEN {kexp} ELSE %s END, "
+        f"{rstatus} = %s, {rheaders} = {json_param}, {rbody} = %s "
         f"WHERE {kid} = %s AND {kfence} = %s AND {kstate} = '{RUNNING}'"
     )
-    # No upsert: a key's old response is deleted when the key is taken over, so the
-    # request holding the fence always inserts into an empty slot.
-    complete_response = None
-    if vendor == "postgresql":
-        complete = (
-            f"WITH done AS ({complete} RETURNING {kid}) "
-            f"INSERT INTO {rt} ({rkey}, {rstatus}, {rheaders}, {rbody}) "
-            f"SELECT {kid}, %s, {json_param}, %s FROM done"
-        )
-    else:
-        complete_response = (
-            f"INSERT INTO {rt} ({rkey}, {rstatus}, {rheaders}, {rbody}) "
-            f"VALUES (%s, %s, {json_param}, %s)"
-        )
     release = (
         f"UPDATE {kt} SET {kstate} = '{RELEASED}', {klease} = NULL "
         f"WHERE {kid} = %s AND {kfence} = %s AND {kstate} = '{RUNNING}'"
@@ -237,9 +220,7 @@ def _build_sql(vendor: str, quote: Quote) -> _SQL:
         fetch=fetch,
         fetch_locking=fetch_locking,
         takeover=takeover,
-        drop_response=drop_response,
         complete=complete,
-        complete_response=complete_response,
         release=release,
         claim_or_fetch=claim_or_fetch,
     )
@@ -544,22 +525,9 @@ class Store:
         params += [existing.id, existing.fence, ts(now), ts(now)]
 
         def work() -> bool:
-            if existing.status is None:
-                with _store_cursor(conn) as cursor:
-                    cursor.execute(sql.takeover, params)
-                    return bool(cursor.rowcount == 1)
-            # The old response goes in the same transaction: a crash between the two
-            # must not leave it attached to the running key, where it would block the
-            # new one.
-            with (
-                transaction.atomic(using=self.alias, savepoint=False),
-                _store_cursor(conn) as cursor,
-            ):
+            with _store_cursor(conn) as cursor:
                 cursor.execute(sql.takeover, params)
-                won = bool(cursor.rowcount == 1)
-                if won:
-                    cursor.execute(sql.drop_response, [existing.id])
-            return won
+                return bool(cursor.rowcount == 1)
 
         return self.retrying(conn, work)
 
@@ -607,28 +575,14 @@ class Store:
         ts = conn.ops.adapt_datetimefield_value
         headers_json = json.dumps(headers, separators=(",", ":"))
         at = ts(now)
-        key_params = [at, at, ts(expires_at), key_id, fence]
-        if sql.complete_response is None:
-            params = [*key_params, status, headers_json, body]
-            if len(body) >= BINARY_BODY_MIN and _binds_binary(conn):
-                return _execute_binary(conn, sql.complete, params) == 1
+        params = [at, at, ts(expires_at), status, headers_json, body, key_id, fence]
+        if len(body) >= BINARY_BODY_MIN and _binds_binary(conn):
+            return _execute_binary(conn, sql.complete, params) == 1
+
+        def work() -> bool:
             with _store_cursor(conn) as cursor:
                 cursor.execute(sql.complete, params)
                 return bool(cursor.rowcount == 1)
-        complete_response = sql.complete_response
-
-        def work() -> bool:
-            # Inside the view's transaction this adds no savepoint; outside it, it
-            # makes one.
-            with (
-                transaction.atomic(using=self.alias, savepoint=False),
-                _store_cursor(conn) as cursor,
-            ):
-                cursor.execute(sql.complete, key_params)
-                if cursor.rowcount != 1:
-                    return False
-                cursor.execute(complete_response, [key_id, status, headers_json, body])
-            return True
 
         return self.retrying(conn, work)
 

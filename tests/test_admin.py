@@ -69,12 +69,10 @@ def make_key(
         expires_at=now + expires_in,
     )
     if status is not None:
-        IdempotencyResponse.objects.create(
-            idempotency_key=row,
-            status=status,
-            headers=JSON_HEADERS if headers is None else headers,
-            body=body,
-        )
+        row.response_status = status
+        row.response_headers = JSON_HEADERS if headers is None else headers
+        row.response_body = body
+        row.save(update_fields=["response_status", "response_headers", "response_body"])
     return row
 
 

@@ -26,7 +26,7 @@ from django.utils import timezone
 from shop.models import Payment
 
 from idempotency.admin import KEY_DISPLAY_CHARS
-from idempotency.models import IdempotencyKey, IdempotencyResponse
+from idempotency.models import IdempotencyKey
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -112,11 +112,12 @@ def seed_other_keys(admin: Any) -> None:
             expires_at=now + timedelta(hours=24),
         )
         if status is not None:
-            IdempotencyResponse.objects.create(
-                idempotency_key=row,
-                status=status,
-                headers=[["Content-Type", "application/json"]],
-                body=json.dumps({"id": 9, "status": "shipped"}).encode() if status == 200 else b"",
+            IdempotencyKey.objects.filter(pk=row.pk).update(
+                response_status=status,
+                response_headers=[["Content-Type", "application/json"]],
+                response_body=(
+                    json.dumps({"id": 9, "status": "shipped"}).encode() if status == 200 else b""
+                ),
             )
 
 

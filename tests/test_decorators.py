@@ -649,7 +649,7 @@ def test_expired_key_counts_as_new(middleware: bool) -> None:
 def test_live_lease_is_locked_and_expired_lease_is_taken_over(middleware: bool) -> None:
     assert post("/bare/", key="k-1").status_code == 201
     # As if a worker had claimed the key and was still running (or had crashed).
-    IdempotencyResponse.objects.all().delete()
+    IdempotencyKey.objects.update(response_status=None, response_headers=None, response_body=None)
     IdempotencyKey.objects.filter(key="k-1").update(
         state="running", completed_at=None, lease_expires_at=timezone.now() + timedelta(hours=1)
     )

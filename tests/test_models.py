@@ -2,7 +2,8 @@ from io import StringIO
 
 import pytest
 from django.core.management import call_command
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, NotSupportedError, connection, transaction
+from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 
 from idempotency.models import IdempotencyKey, IdempotencyResponse
@@ -41,7 +42,9 @@ def test_scope_and_key_are_unique_together() -> None:
 @pytest.mark.django_db
 def test_response_goes_with_its_key() -> None:
     key = _key()
-    IdempotencyResponse.objects.create(idempotency_key=key, status=201, body=b"{}")
+    IdempotencyKey.objects.filter(pk=key.pk).update(
+        response_status=201, response_headers=[], response_body=b"{}"
+    )
     assert str(key) == "k (user:1)"
     assert str(key.response) == f"201 for {key.pk}"
     key.delete()
@@ -71,3 +74,70 @@ def test_scopes_compare_byte_for_byte(first: str, second: str) -> None:
     _key(scope=second)
     assert IdempotencyKey.objects.filter(key="k").count() == 2
     assert IdempotencyKey.objects.get(scope=first).scope == first
+
+
+@pytest.mark.django_db
+def test_the_response_model_is_a_read_only_view_of_the_key_row() -> None:
+    key = _key()
+    assert IdempotencyResponse.objects.count() == 0  # no response, no row in the view
+    IdempotencyKey.objects.filter(pk=key.pk).update(
+        response_status=200, response_headers=[["X-A", "1"]], response_body=b"ok"
+    )
+    response = IdempotencyResponse.objects.get()
+    assert (response.idempotency_key_id, response.status) == (key.pk, 200)
+    assert (response.headers, bytes(response.body)) == ([["X-A", "1"]], b"ok")
+    with pytest.raises(NotSupportedError, match="read-only"):
+        response.save()
+    with pytest.raises(NotSupportedError, match="read-only"):
+        response.delete()
+    assert IdempotencyResponse.objects.count() == 1
+
+
+BEFORE = [("idempotency", "0004_outgoing_operations")]
+AFTER = [("idempotency", "0005_response_in_key_row")]
+
+
+def _migrate(targets: list[tuple[str, str]]) -> object:
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate(targets)
+    return executor.loader.project_state(targets).apps
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_migration_moves_stored_responses_into_their_keys_and_back() -> None:
+    apps = _migrate(BEFORE)
+    try:
+        old_key = apps.get_model("idempotency", "IdempotencyKey")  # type: ignore[attr-defined]
+        old_response = apps.get_model("idempotency", "IdempotencyResponse")  # type: ignore[attr-defined]
+        now = timezone.now()
+        common = {"fingerprint": "f" * 64, "method": "POST", "path": "/x/", "expires_at": now}
+        done = old_key.objects.create(scope="s", key="done", state="completed", **common)
+        running = old_key.objects.create(scope="s", key="running", state="running", **common)
+        body = bytes(range(256))  # every byte value survives the copies
+        old_response.objects.create(
+            idempotency_key=done, status=201, headers=[["Location", "/x/1/"]], body=body
+        )
+
+        _migrate(AFTER)
+        moved = IdempotencyKey.objects.get(pk=done.pk)
+        assert (moved.response_status, moved.response_headers) == (201, [["Location", "/x/1/"]])
+        assert bytes(moved.response_body) == body
+        assert IdempotencyKey.objects.get(pk=running.pk).response_status is None
+        assert list(IdempotencyResponse.objects.values_list("idempotency_key", "status")) == [
+            (done.pk, 201)
+        ]
+
+        apps = _migrate(BEFORE)
+        back = apps.get_model("idempotency", "IdempotencyResponse")  # type: ignore[attr-defined]
+        rows = list(back.objects.values_list("idempotency_key", "status", "headers"))
+        assert rows == [(done.pk, 201, [["Location", "/x/1/"]])]
+        assert bytes(back.objects.get().body) == body
+    finally:
+        _migrate(executor_leaf())
+        IdempotencyKey.objects.all().delete()
+
+
+def executor_leaf() -> list[tuple[str, str]]:
+    executor = MigrationExecutor(connection)
+    return executor.loader.graph.leaf_nodes("idempotency")

@@ -461,7 +461,7 @@ def test_duplicate_while_running_is_locked(middleware: bool, alice: User) -> Non
 def test_abandoned_lease_is_taken_over(middleware: bool, alice: User) -> None:
     client = token_client(alice)
     assert_fresh(post(client, "/create/", key="k-1"))
-    IdempotencyResponse.objects.all().delete()
+    IdempotencyKey.objects.update(response_status=None, response_headers=None, response_body=None)
     IdempotencyKey.objects.update(
         state="running", completed_at=None, lease_expires_at=timezone.now() + timedelta(hours=1)
     )

@@ -219,9 +219,8 @@ class Database:
 
     def key_states(self, keys: list[str]) -> Counter[str]:
         rows = self.query(
-            "SELECT k.state, COUNT(*), COUNT(r.key_id) FROM idempotency_idempotencykey k "
-            "LEFT JOIN idempotency_idempotencyresponse r ON r.key_id = k.id "
-            "WHERE k.key LIKE %s GROUP BY k.state",
+            "SELECT state, COUNT(*), COUNT(response_status) FROM idempotency_idempotencykey "
+            "WHERE key LIKE %s GROUP BY state",
             (_shared_start(keys) + "%",),
         )
         states: Counter[str] = Counter()

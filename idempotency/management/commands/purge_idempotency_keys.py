@@ -18,11 +18,11 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections, transaction
-from django.db.models import Model, QuerySet
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from idempotency.conf import idempotency_settings
-from idempotency.models import IdempotencyKey, IdempotencyResponse
+from idempotency.models import IdempotencyKey
 from idempotency.store import RUNNING, Quote, Store, sql_for
 from idempotency.store import column as store_column
 
@@ -78,65 +78,46 @@ def select_batch(
 class _SQL:
     postgresql: bool
     delete_keys: str
-    delete_responses: str
+    count_responses: str
 
 
 def _build_sql(vendor: str, quote: Quote) -> _SQL:
-    def column(model: type[Model], name: str) -> str:
-        return store_column(model, name, quote)
+    def column(name: str) -> str:
+        return store_column(IdempotencyKey, name, quote)
 
     kt = quote(IdempotencyKey._meta.db_table)
-    rt = quote(IdempotencyResponse._meta.db_table)
-    kid, rkey = column(IdempotencyKey, "id"), column(IdempotencyResponse, "idempotency_key")
-    kexp = column(IdempotencyKey, "expires_at")
-    kstate = column(IdempotencyKey, "state")
-    klease = column(IdempotencyKey, "lease_expires_at")
-
-    def purgeable_sql(table: str = "") -> str:
-        """purgeable(), in SQL; "IS NOT NULL" because NOT (x AND NULL) is NULL, not true."""
-        exp, state, lease = (f"{table}{name}" for name in (kexp, kstate, klease))
-        return (
-            f"{exp} <= %s AND NOT ({state} = '{RUNNING}' AND {lease} IS NOT NULL AND {lease} > %s)"
-        )
-
-    still_purgeable = purgeable_sql()
+    kid, kexp, kstate = column("id"), column("expires_at"), column("state")
+    klease, kstatus = column("lease_expires_at"), column("response_status")
+    # purgeable(), in SQL; "IS NOT NULL" because NOT (x AND NULL) is NULL, not true.
+    still_purgeable = (
+        f"{kexp} <= %s AND NOT ({kstate} = '{RUNNING}' AND {klease} IS NOT NULL AND {klease} > %s)"
+    )
     if vendor == "postgresql":
         # One statement, so one round trip and its own short transaction. It locks the
         # rows first, skipping those a request holds, and checks them again once locked.
-        # The deferred foreign key from the responses is checked at commit.
+        # A stored response is in its key's row, and goes with it.
         delete_keys = (
             f"WITH locked AS (SELECT {kid} FROM {kt} WHERE {kid} = ANY(%s::bigint[]) "
             f"AND {still_purgeable} "
             f"FOR UPDATE SKIP LOCKED), "
             f"gone AS (DELETE FROM {kt} WHERE {kid} IN (SELECT {kid} FROM locked) "
-            f"RETURNING {kid}), "
-            f"dropped AS (DELETE FROM {rt} WHERE {rkey} IN (SELECT {kid} FROM gone) RETURNING 1) "
-            f"SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM dropped)"
+            f"RETURNING {kstatus}) "
+            f"SELECT count(*), count({kstatus}) FROM gone"
         )
-        return _SQL(postgresql=True, delete_keys=delete_keys, delete_responses="")
-    # Elsewhere two statements in a transaction: the responses of the keys that are
-    # still purgeable, then the keys, checked again by the same condition.
+        return _SQL(postgresql=True, delete_keys=delete_keys, count_responses="")
+    # Elsewhere two statements in a transaction: the stored responses among the keys
+    # still purgeable are counted (locking them on MariaDB/MySQL, so that the count
+    # is of the rows then deleted), then the keys go, checked again by the same
+    # condition.
     marks = "{marks}"
-    delete_keys = f"DELETE FROM {kt} WHERE {kid} IN ({marks}) AND {still_purgeable}"
-    if vendor == "mysql":
-        # A join, not "IN (SELECT ...)": MariaDB before 11.1 runs a DELETE's subquery
-        # once per row of the whole responses table, a full scan per batch.
-        k = quote("k")
-        return _SQL(
-            postgresql=False,
-            delete_responses=(
-                f"DELETE {rt} FROM {rt} INNER JOIN {kt} AS {k} ON {rt}.{rkey} = {k}.{kid} "
-                f"WHERE {k}.{kid} IN ({marks}) AND {purgeable_sql(f'{k}.')}"
-            ),
-            delete_keys=delete_keys,
-        )
+    lock = " FOR UPDATE" if vendor == "mysql" else ""
     return _SQL(
         postgresql=False,
-        delete_responses=(
-            f"DELETE FROM {rt} WHERE {rkey} IN (SELECT {kid} FROM {kt} "
-            f"WHERE {kid} IN ({marks}) AND {still_purgeable})"
+        count_responses=(
+            f"SELECT COUNT({kstatus}) FROM {kt} WHERE {kid} IN ({marks}) AND {still_purgeable}"
+            f"{lock}"
         ),
-        delete_keys=delete_keys,
+        delete_keys=f"DELETE FROM {kt} WHERE {kid} IN ({marks}) AND {still_purgeable}",
     )
 
 
@@ -176,8 +157,8 @@ def delete_batch(alias: str, ids: Sequence[int], now: datetime) -> tuple[int, in
             for chunk in _chunks(ids, chunk_size):
                 marks = ", ".join(["%s"] * len(chunk))
                 params = [*chunk, when, when]
-                cursor.execute(sql.delete_responses.format(marks=marks), params)
-                responses += cursor.rowcount
+                cursor.execute(sql.count_responses.format(marks=marks), params)
+                responses += int(cursor.fetchone()[0])
                 cursor.execute(sql.delete_keys.format(marks=marks), params)
                 keys += cursor.rowcount
         return keys, responses
