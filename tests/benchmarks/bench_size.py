@@ -16,7 +16,7 @@ Size: the testproject (its settings and middleware, a signed-in user, so the sco
 ``user:<pk>``), with one extra view that answers ``201`` with a JSON document of a
 given size (an order with lines, as an API would return), is sent ``--keys`` POSTs
 through Django's test client, each with a fresh UUID4 ``Idempotency-Key``. Then the
-store's two tables are measured, per table and per index:
+store's table (the key row holds its stored response) is measured, with its indexes:
 
 - PostgreSQL: after ``VACUUM ANALYZE`` (the tables as the app wrote them: every key
   was inserted and then updated once, so the space of the first row versions is free
@@ -65,7 +65,7 @@ from pgserver import postgres_server
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).resolve().parent / "results" / "size.json"
 #: The store's tables, read from the models once Django is set up.
-KEY_TABLE = RESPONSE_TABLE = ""
+KEY_TABLE = ""
 WARMUP_S = 1.0
 DURABLE = {"fsync": "on", "full_page_writes": "on", "synchronous_commit": "on"}
 WORDS = [
@@ -184,11 +184,10 @@ def setup_django(database_url: str, *, migrate: bool) -> None:
     django.setup()
     from django.conf import settings
 
-    from idempotency.models import IdempotencyKey, IdempotencyResponse
+    from idempotency.models import IdempotencyKey
 
-    global KEY_TABLE, RESPONSE_TABLE
+    global KEY_TABLE
     KEY_TABLE = IdempotencyKey._meta.db_table
-    RESPONSE_TABLE = IdempotencyResponse._meta.db_table
     settings.LOGGING_CONFIG = None
     if migrate:
         from django.core.management import call_command
@@ -234,18 +233,17 @@ def store_keys(count: int) -> dict[str, Any]:
 
 
 def stored_sample() -> dict[str, Any]:
-    from idempotency.models import IdempotencyKey, IdempotencyResponse
+    from idempotency.models import IdempotencyKey
 
     key = IdempotencyKey.objects.order_by("-id").first()
-    response = IdempotencyResponse.objects.get(pk=key.pk)
     return {
         "scope": key.scope,
         "key": key.key,
         "fingerprint_chars": len(key.fingerprint),
         "path": key.path,
         "state": key.state,
-        "headers": response.headers,
-        "body_bytes": len(bytes(response.body)),
+        "headers": key.response_headers,
+        "body_bytes": len(bytes(key.response_body)),
     }
 
 
@@ -253,7 +251,7 @@ def counts() -> tuple[int, int]:
     from django.db import connection
 
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT (SELECT count(*) FROM {KEY_TABLE}), count(*) FROM {RESPONSE_TABLE}")
+        cursor.execute(f"SELECT count(*), count(response_status) FROM {KEY_TABLE}")
         keys, responses = cursor.fetchone()
     return int(keys), int(responses)
 
@@ -308,7 +306,6 @@ def pg_sizes(pgstattuple: bool) -> dict[str, Any]:
     with connection.cursor() as cursor:
         return {
             KEY_TABLE: pg_table(cursor, KEY_TABLE, pgstattuple),
-            RESPONSE_TABLE: pg_table(cursor, RESPONSE_TABLE, pgstattuple),
         }
 
 
@@ -318,10 +315,10 @@ def pg_columns() -> dict[str, Any]:
 
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT avg(octet_length(body)), avg(pg_column_size(body)), "
-            f"avg(pg_column_size(headers)), "
-            f"count(*) FILTER (WHERE pg_column_size(body) < octet_length(body)) "
-            f"FROM {RESPONSE_TABLE}"
+            f"SELECT avg(octet_length(response_body)), avg(pg_column_size(response_body)), "
+            f"avg(pg_column_size(response_headers)), "
+            f"count(*) FILTER (WHERE pg_column_size(response_body) < octet_length(response_body)) "
+            f"FROM {KEY_TABLE}"
         )
         body, stored, headers, compressed = cursor.fetchone()
         cursor.execute(
@@ -357,7 +354,7 @@ def pg_vacuum(full: bool) -> None:
     from django.db import connection
 
     with connection.cursor() as cursor:
-        for table in (KEY_TABLE, RESPONSE_TABLE):
+        for table in (KEY_TABLE,):
             cursor.execute(f"VACUUM {'FULL ' if full else ''}ANALYZE {table}")
 
 
@@ -388,8 +385,9 @@ def sqlite_sizes() -> dict[str, Any]:
         cursor.execute("PRAGMA freelist_count")
         free = cursor.fetchone()[0]
         cursor.execute(
-            "SELECT name, tbl_name, type FROM sqlite_master WHERE tbl_name IN (%s, %s)",
-            [KEY_TABLE, RESPONSE_TABLE],
+            "SELECT name, tbl_name, type FROM sqlite_master "
+            "WHERE tbl_name = %s AND type IN ('table', 'index')",
+            [KEY_TABLE],
         )
         objects = cursor.fetchall()
         tables: dict[str, Any] = {}
@@ -432,12 +430,7 @@ def sqlite_vacuum() -> None:
 
 def per_key(sizes: dict[str, Any], keys: int) -> dict[str, float]:
     key_total = sizes[KEY_TABLE]["total"]
-    response_total = sizes[RESPONSE_TABLE]["total"]
-    return {
-        "keys_table": round(key_total / keys, 1),
-        "responses_table": round(response_total / keys, 1),
-        "total": round((key_total + response_total) / keys, 1),
-    }
+    return {"keys_table": round(key_total / keys, 1), "total": round(key_total / keys, 1)}
 
 
 def run_size(database_url: str, keys: int, body_size: int) -> dict[str, Any]:
@@ -453,7 +446,7 @@ def run_size(database_url: str, keys: int, body_size: int) -> dict[str, Any]:
         raise SystemExit(f"bench_size: expected {keys} keys and responses, found {stored}")
     result: dict[str, Any] = {
         "keys": keys,
-        "tables": [KEY_TABLE, RESPONSE_TABLE],
+        "tables": [KEY_TABLE],
         "load": load,
         "sample": stored_sample(),
     }
@@ -851,17 +844,11 @@ def write_rates(server: str, args: argparse.Namespace, durable: bool) -> list[di
 
 def print_summary(report: dict[str, Any]) -> None:
     print()
-    print(
-        f"{'database':11} {'body B':>7} {'keys B/key':>11} {'responses B/key':>16} "
-        f"{'total B/key':>12} {'packed total':>13}"
-    )
+    print(f"{'database':11} {'body B':>7} {'total B/key':>12} {'packed total':>13}")
     for database, bodies in report["sizes"].items():
         for body, found in bodies.items():
             written, packed = found["as_written"]["per_key_bytes"], found["packed"]["per_key_bytes"]
-            print(
-                f"{database:11} {body:>7} {written['keys_table']:>11} "
-                f"{written['responses_table']:>16} {written['total']:>12} {packed['total']:>13}"
-            )
+            print(f"{database:11} {body:>7} {written['total']:>12} {packed['total']:>13}")
     for run in report.get("write_rate", []):
         s = run["server_settings"]
         print(
