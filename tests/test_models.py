@@ -141,3 +141,32 @@ def test_the_migration_moves_stored_responses_into_their_keys_and_back() -> None
 def executor_leaf() -> list[tuple[str, str]]:
     executor = MigrationExecutor(connection)
     return executor.loader.graph.leaf_nodes("idempotency")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_later_migration_can_alter_the_key_table_around_the_view() -> None:
+    # What 0005's docstring asks of a later migration: drop the view, alter the
+    # table (SQLite rebuilds it), create the view again; the responses stay readable.
+    import importlib
+
+    from django.db import models as django_models
+
+    moved = importlib.import_module("idempotency.migrations.0005_response_in_key_row")
+    key = _key()
+    IdempotencyKey.objects.filter(pk=key.pk).update(response_status=201, response_body=b"x")
+    old = IdempotencyKey._meta.get_field("path")
+    new = django_models.TextField("path", null=True)
+    new.set_attributes_from_name("path")
+    new.model = IdempotencyKey
+    try:
+        with connection.schema_editor() as editor:
+            moved.drop_view(None, editor)
+            editor.alter_field(IdempotencyKey, old, new)
+            moved.create_view(None, editor)
+        assert IdempotencyResponse.objects.get().status == 201
+    finally:
+        with connection.schema_editor() as editor:
+            moved.drop_view(None, editor)
+            editor.alter_field(IdempotencyKey, new, old)
+            moved.create_view(None, editor)
+        IdempotencyKey.objects.all().delete()

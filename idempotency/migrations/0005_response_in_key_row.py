@@ -4,6 +4,11 @@ A first request then costs one UPDATE to complete (no second row, no second inde
 entry), a replay one read of one row, a purge one DELETE. The old responses are
 copied into their keys' rows before their table is dropped; the migration reverses,
 copying them back.
+
+A later migration that alters ``idempotency_idempotencykey`` must drop the view
+before and create it again after (``RunPython(drop_view, create_view)`` and the
+reverse, around its operations): SQLite rebuilds a table to alter it, and refuses
+to rename the rebuilt table while a view names the old one.
 """
 
 from typing import Any
