@@ -219,8 +219,8 @@ class Database:
 
     def key_states(self, keys: list[str]) -> Counter[str]:
         rows = self.query(
-            "SELECT state, COUNT(*), COUNT(response_status) FROM idempotency_idempotencykey "
-            "WHERE key LIKE %s GROUP BY state",
+            "SELECT k.state, COUNT(*), COUNT(k.response_status) FROM idempotency_idempotencykey k "
+            "WHERE k.key LIKE %s GROUP BY k.state",
             (_shared_start(keys) + "%",),
         )
         states: Counter[str] = Counter()
