@@ -1,11 +1,12 @@
 """The SQL behind the engine: claim, look up, take over, complete, release.
 
 The fewest statements the guarantees need, in raw SQL, against one table: the
-response is stored in the key's own row. On PostgreSQL a first request costs a
-claim INSERT and a fenced completion UPDATE; a replay costs the conflicting
-INSERT, which writes nothing, and one read of one row. On SQLite, MariaDB and
-MySQL a replay is one read. The models keep serving migrations, the admin and the
-purge command.
+response is stored in the key's own row. On PostgreSQL the claim is one call of
+the function ``idempotency_claim`` (migration 0006), which inserts the key or
+reads the row that was there: a first request costs that call and a fenced
+completion UPDATE, a replay the call alone. On SQLite, MariaDB and MySQL a
+replay is one read, and a first request that read, an INSERT and the UPDATE.
+The models keep serving migrations, the admin and the purge command.
 
 MariaDB and MySQL share one path (Django's ``mysql`` vendor), in SQL both accept:
 a plain INSERT whose duplicate-key error means "already claimed" (no ``RETURNING``,
@@ -94,7 +95,6 @@ class _SQL:
     insert: str
     #: The INSERT says whether it inserted (``RETURNING``); else a duplicate-key error does.
     insert_returns: bool
-    read_first: bool
     fetch: str
     #: The read inside a transaction, where a plain read may see an old snapshot.
     fetch_locking: str
@@ -103,9 +103,9 @@ class _SQL:
     #: Stores the response in the row, fenced.
     complete: str
     release: str
-    #: PostgreSQL with PREPARED_STATEMENTS: the claim and the read of an existing key in
-    #: one statement (a row with a NULL fingerprint is the id just claimed).
-    claim_or_fetch: str | None
+    #: PostgreSQL: the claim and the read of an existing key in one call of the
+    #: function of migration 0006 (a row with a NULL fingerprint is the id just claimed).
+    claim_call: str | None
 
 
 Quote = Callable[[str], str]
@@ -197,18 +197,11 @@ def _build_sql(vendor: str, quote: Quote) -> _SQL:
         f"UPDATE {kt} SET {kstate} = '{RELEASED}', {klease} = NULL "
         f"WHERE {kid} = %s AND {kfence} = %s AND {kstate} = '{RUNNING}'"
     )
-    # One round trip for a replay too. Planned on every run it costs a first request
-    # more than the plain INSERT does, so it is used only when prepared. A conflicting
-    # row committed after this statement's snapshot was taken is not in its result:
-    # then no row comes back, and the caller reads again.
-    claim_or_fetch = None
+    # PostgreSQL: the function inserts and, on a conflict, reads the row, in one round
+    # trip; PL/pgSQL keeps both plans for the server session (migration 0006).
+    claim_call = None
     if vendor == "postgresql":
-        nulls = ", ".join(["NULL"] * 8)
-        claim_or_fetch = (
-            f"WITH ins AS ({insert}) "
-            f"SELECT {existing_columns} {existing_from} AND NOT EXISTS (SELECT 1 FROM ins) "
-            f"UNION ALL SELECT {kid}, {nulls} FROM ins"
-        )
+        claim_call = "SELECT * FROM idempotency_claim(%s, %s, %s, %s, %s, %s, %s, %s)"
     # MariaDB/MySQL: Django's backend connects with CLIENT.FOUND_ROWS, so an UPDATE's
     # row count is the rows it matched, not those it changed. Each fenced UPDATE here
     # changes the state or the fence it matched on, so matched and changed are the same
@@ -216,13 +209,12 @@ def _build_sql(vendor: str, quote: Quote) -> _SQL:
     return _SQL(
         insert=insert,
         insert_returns=not mysql,
-        read_first=vendor != "postgresql",
         fetch=fetch,
         fetch_locking=fetch_locking,
         takeover=takeover,
         complete=complete,
         release=release,
-        claim_or_fetch=claim_or_fetch,
+        claim_call=claim_call,
     )
 
 
@@ -442,37 +434,31 @@ class Store:
         fetch_params = [ts(now), ts(now), scope, key]
 
         def work() -> int | Existing | None:
-            if sql.claim_or_fetch is not None and idempotency_settings.get().prepared_statements:
+            if sql.claim_call is not None:
+                # PostgreSQL: one call claims, or reads the row that was there.
                 with _reading_cursor(conn) as cursor:
-                    cursor.execute(sql.claim_or_fetch, insert_params + fetch_params)
+                    cursor.execute(sql.claim_call, insert_params)
                     found = cursor.fetchone()
-                if found is not None:
-                    return int(found[0]) if found[1] is None else Existing.from_row(found)
-                # The row that conflicted is newer than the statement's snapshot.
-                with _reading_cursor(conn) as cursor:
-                    cursor.execute(sql.fetch, fetch_params)
-                    row = cursor.fetchone()
-                return Existing.from_row(row) if row is not None else None
+                if found is None:
+                    return None
+                return int(found[0]) if found[1] is None else Existing.from_row(found)
             # InnoDB inside a transaction: what a plain read finds is read again with a
             # lock (see _build_sql). Only a row that is there: a locking read of a
             # missing key would lock its gap in the index under REPEATABLE READ, and
             # two requests holding that gap would deadlock on their INSERTs.
             relock = conn.in_atomic_block and sql.fetch_locking != sql.fetch
             with _store_cursor(conn) as cursor:
-                row = None
-                if sql.read_first:
-                    # SQLite: an INSERT takes the database's single write lock even when
-                    # it conflicts, so a replay reads first and never writes. InnoDB: a
-                    # conflicting INSERT is an error and a lock; a read is neither.
-                    cursor.execute(sql.fetch, fetch_params)
-                    row = cursor.fetchone()
-                    if row is not None and not relock:
-                        return Existing.from_row(row)
+                # A read first. SQLite: an INSERT takes the database's single write lock
+                # even when it conflicts, so a replay reads and never writes. InnoDB: a
+                # conflicting INSERT is an error and a lock; a read is neither.
+                cursor.execute(sql.fetch, fetch_params)
+                row = cursor.fetchone()
+                if row is not None and not relock:
+                    return Existing.from_row(row)
                 if row is not None:
                     pass  # read again below, with a lock
                 elif sql.insert_returns:
-                    # PostgreSQL: a first request (the common case) costs this one INSERT;
-                    # a conflicting INSERT writes nothing, and a replay then costs one read.
+                    # SQLite: the INSERT writes nothing when a claim came in between.
                     cursor.execute(sql.insert, insert_params)
                     row = cursor.fetchone()
                     if row is not None:

@@ -170,3 +170,47 @@ def test_a_later_migration_can_alter_the_key_table_around_the_view() -> None:
             editor.alter_field(IdempotencyKey, new, old)
             moved.create_view(None, editor)
         IdempotencyKey.objects.all().delete()
+
+
+def _claim_function_exists() -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_proc WHERE proname = 'idempotency_claim'")
+        return bool(cursor.fetchone()[0])
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_the_claim_function_comes_and_goes_with_its_migration() -> None:
+    from idempotency.store import Existing, Store
+
+    assert _claim_function_exists()
+    try:
+        _migrate(AFTER)
+        assert not _claim_function_exists()
+    finally:
+        _migrate(executor_leaf())
+    assert _claim_function_exists()
+    now = timezone.now()
+    args = {
+        "scope": "s",
+        "key": "k",
+        "fingerprint": "f" * 64,
+        "method": "POST",
+        "path": "/x/",
+        "now": now,
+        "lease_until": now,
+        "expires_at": now,
+    }
+    try:
+        claimed = Store("default").claim(**args)
+        assert isinstance(claimed, int)
+        found = Store("default").claim(**args)
+        assert isinstance(found, Existing)
+        assert (found.id, found.state, found.lease_live, found.expired) == (
+            claimed,
+            "running",
+            False,
+            True,
+        )
+    finally:
+        IdempotencyKey.objects.all().delete()

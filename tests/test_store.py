@@ -359,6 +359,49 @@ def test_a_claim_inside_an_old_snapshot_finds_the_latest_row(seen_running: bool)
     assert (found.state, found.status, found.body) == ("completed", 201, b"done")
 
 
+@pytest.mark.postgres
+def test_a_claim_that_waits_for_another_claim_finds_its_row_once_it_commits() -> None:
+    """The conflicting row commits after the claim's INSERT began, so it is not in that
+    statement's snapshot: the claim function's read, a statement of its own, sees it."""
+    key = str(uuid.uuid4())
+    inserted = threading.Event()
+    errors: list[BaseException] = []
+
+    def claim_and_commit_late() -> None:
+        try:
+            with transaction.atomic():
+                assert isinstance(store_module.Store("default").claim(**_claim_args(key)), int)
+                inserted.set()
+                # Commit only once the other claim waits on this row's lock.
+                with connection.cursor() as cursor:
+                    for _ in range(200):
+                        # Within a transaction the activity view is read once, and kept.
+                        cursor.execute("SELECT pg_stat_clear_snapshot()")
+                        cursor.execute(
+                            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = "
+                            "'Lock' AND query LIKE '%%idempotency_claim%%'"
+                        )
+                        if cursor.fetchone()[0]:
+                            break
+                        threading.Event().wait(0.05)
+                    else:
+                        raise AssertionError("the other claim never waited")
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=claim_and_commit_late)
+    thread.start()
+    assert inserted.wait(timeout=30)
+    found = store_module.Store("default").claim(**_claim_args(key))
+    thread.join(timeout=30)
+
+    assert errors == []
+    assert isinstance(found, store_module.Existing)
+    assert (found.state, found.fence, found.status) == ("running", 1, None)
+
+
 # ---------------------------------------------------------------- reading bodies back
 
 
