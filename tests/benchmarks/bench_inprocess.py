@@ -16,8 +16,9 @@ so that machine noise hits them alike:
 - ``replay``: one key sent again and again;
 - ``first``: a fresh key per request (``ATOMIC``, the default);
 - ``floor``: the view plus the fewest statements SPEC section 6 needs, in raw SQL: a
-  claim INSERT in autocommit, then the view and one UPDATE storing its response in a
-  transaction, and its COMMIT.
+  claim INSERT in autocommit into a table with a primary key, a unique (scope, key)
+  index and an expiry index, then the view and one UPDATE storing its response's
+  status, headers and body in a transaction, and its COMMIT.
 
 Targets (ratios within one run): ``no-key`` keeps >= 98% of the baseline's throughput;
 ``replay`` reaches >= 100%; ``first`` costs at most ``floor`` + 15% of ``baseline``.
@@ -48,6 +49,9 @@ ROOT = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).resolve().parent / "results"
 BODY = json.dumps({"amount": "12.50", "currency": "EUR", "reference": "bench"}).encode()
 OURS = "idempotency.middleware.IdempotencyMiddleware"
+#: What the floor stores as the response's headers: a constant, not encoded per request.
+HEADERS = json.dumps([["Content-Type", "application/json"]])
+TTL = dt.timedelta(days=1)
 
 
 def _setup(database_url: str) -> None:
@@ -74,15 +78,19 @@ def _setup(database_url: str) -> None:
 
     with connection.cursor() as cursor:
         cursor.execute("DROP TABLE IF EXISTS bench_floor")
-        serial, blob = {
-            "postgresql": ("BIGSERIAL", "BYTEA"),
-            "mysql": ("BIGINT AUTO_INCREMENT", "LONGBLOB"),
-        }.get(connection.vendor, ("INTEGER", "BLOB"))
+        serial, stamp, blob = {
+            "postgresql": ("BIGSERIAL", "TIMESTAMP WITH TIME ZONE", "BYTEA"),
+            "mysql": ("BIGINT AUTO_INCREMENT", "DATETIME(6)", "LONGBLOB"),
+        }.get(connection.vendor, ("INTEGER", "DATETIME", "BLOB"))
         key = connection.ops.quote_name("key")
+        # What the floor's definition names: a primary key, a unique (scope, key) index
+        # and an expiry index; the response's status, headers and body.
         cursor.execute(
-            f"CREATE TABLE bench_floor (id {serial} PRIMARY KEY, {key} VARCHAR(255) UNIQUE, "
-            f"state VARCHAR(16), status INTEGER, body {blob})"
+            f"CREATE TABLE bench_floor (id {serial} PRIMARY KEY, scope VARCHAR(255), "
+            f"{key} VARCHAR(255), state VARCHAR(16), expires_at {stamp}, status INTEGER, "
+            f"headers TEXT, body {blob}, UNIQUE (scope, {key}))"
         )
+        cursor.execute("CREATE INDEX bench_floor_expires ON bench_floor (expires_at)")
 
 
 class FloorMiddleware:
@@ -94,28 +102,28 @@ class FloorMiddleware:
 
     def __call__(self, request: Any) -> Any:
         from django.db import connection, transaction
+        from django.utils import timezone
 
         key = connection.ops.quote_name("key")
+        expires = connection.ops.adapt_datetimefield_value(timezone.now() + TTL)
+        insert = (
+            f"INSERT INTO bench_floor (scope, {key}, state, expires_at) "
+            "VALUES ('anonymous', %s, 'running', %s)"
+        )
         with connection.cursor() as cursor:
             if connection.vendor == "postgresql":
-                cursor.execute(
-                    f"INSERT INTO bench_floor ({key}, state) VALUES (%s, 'running') RETURNING id",
-                    [uuid.uuid4().hex],
-                )
+                cursor.execute(f"{insert} RETURNING id", [uuid.uuid4().hex, expires])
                 row_id = cursor.fetchone()[0]
             else:
-                cursor.execute(
-                    f"INSERT INTO bench_floor ({key}, state) VALUES (%s, 'running')",
-                    [uuid.uuid4().hex],
-                )
+                cursor.execute(insert, [uuid.uuid4().hex, expires])
                 row_id = cursor.lastrowid
         with transaction.atomic():
             response = self.get_response(request)
             with connection.cursor() as cursor:
                 cursor.execute(
-                    "UPDATE bench_floor SET state = 'completed', status = %s, body = %s "
-                    "WHERE id = %s",
-                    [response.status_code, response.content, row_id],
+                    "UPDATE bench_floor SET state = 'completed', status = %s, headers = %s, "
+                    "body = %s WHERE id = %s",
+                    [response.status_code, HEADERS, response.content, row_id],
                 )
         return response
 
