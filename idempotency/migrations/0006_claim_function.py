@@ -3,8 +3,9 @@
 The function inserts a running key and, when the key was already there, reads
 its row: one round trip for a first request and one for a replay, where plain
 statements need an INSERT and then a SELECT for one of the two. PL/pgSQL keeps
-the plans of its statements for the life of the server session, so they are not
-parsed and planned again on every request, whatever pooler sits in between.
+its statements prepared for the life of the server session, so they are not
+parsed and planned again on every request (once ``plan_cache_mode = auto`` has
+settled on a generic plan), whatever pooler sits in between.
 
 The function is ``VOLATILE`` (the default): each of its statements then takes a
 new snapshot under READ COMMITTED, and the read sees a conflicting row that
