@@ -299,7 +299,9 @@ def _claim_args(key: str) -> dict[str, Any]:
     }
 
 
-def _in_another_connection(work: Callable[[], None]) -> None:
+def _start_in_another_connection(work: Callable[[], None]) -> Callable[[], None]:
+    """Start ``work`` in a thread, on a connection of its own; the function returned
+    waits for it and fails with what it raised."""
     errors: list[BaseException] = []
 
     def run() -> None:
@@ -312,8 +314,16 @@ def _in_another_connection(work: Callable[[], None]) -> None:
 
     thread = threading.Thread(target=run)
     thread.start()
-    thread.join(timeout=30)
-    assert errors == []
+
+    def finish() -> None:
+        thread.join(timeout=30)
+        assert errors == []
+
+    return finish
+
+
+def _in_another_connection(work: Callable[[], None]) -> None:
+    _start_in_another_connection(work)()
 
 
 @pytest.mark.mysql
@@ -365,39 +375,31 @@ def test_a_claim_that_waits_for_another_claim_finds_its_row_once_it_commits() ->
     statement's snapshot: the claim function's read, a statement of its own, sees it."""
     key = str(uuid.uuid4())
     inserted = threading.Event()
-    errors: list[BaseException] = []
 
     def claim_and_commit_late() -> None:
-        try:
-            with transaction.atomic():
-                assert isinstance(store_module.Store("default").claim(**_claim_args(key)), int)
-                inserted.set()
-                # Commit only once the other claim waits on this row's lock.
-                with connection.cursor() as cursor:
-                    for _ in range(200):
-                        # Within a transaction the activity view is read once, and kept.
-                        cursor.execute("SELECT pg_stat_clear_snapshot()")
-                        cursor.execute(
-                            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = "
-                            "'Lock' AND query LIKE '%%idempotency_claim%%'"
-                        )
-                        if cursor.fetchone()[0]:
-                            break
-                        threading.Event().wait(0.05)
-                    else:
-                        raise AssertionError("the other claim never waited")
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-        finally:
-            connections.close_all()
+        with transaction.atomic():
+            assert isinstance(store_module.Store("default").claim(**_claim_args(key)), int)
+            inserted.set()
+            # Commit only once the other claim waits on this row's lock.
+            with connection.cursor() as cursor:
+                for _ in range(200):
+                    # Within a transaction the activity view is read once, and kept.
+                    cursor.execute("SELECT pg_stat_clear_snapshot()")
+                    cursor.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = "
+                        "'Lock' AND query LIKE '%%idempotency_claim%%'"
+                    )
+                    if cursor.fetchone()[0]:
+                        break
+                    threading.Event().wait(0.05)
+                else:
+                    raise AssertionError("the other claim never waited")
 
-    thread = threading.Thread(target=claim_and_commit_late)
-    thread.start()
+    finish = _start_in_another_connection(claim_and_commit_late)
     assert inserted.wait(timeout=30)
     found = store_module.Store("default").claim(**_claim_args(key))
-    thread.join(timeout=30)
+    finish()
 
-    assert errors == []
     assert isinstance(found, store_module.Existing)
     assert (found.state, found.fence, found.status) == ("running", 1, None)
 
