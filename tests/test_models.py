@@ -214,3 +214,28 @@ def test_the_claim_function_comes_and_goes_with_its_migration() -> None:
         )
     finally:
         IdempotencyKey.objects.all().delete()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_without_the_claim_function_a_protected_request_is_a_503_and_the_view_never_runs() -> None:
+    # New code on a database not yet migrated to 0006: the claim cannot run, so the
+    # request is refused as with any store failure, and nothing is written.
+    from django.test import Client
+    from shop.models import Payment
+
+    client = Client()
+    try:
+        _migrate(AFTER)
+        response = client.post(
+            "/payments/",
+            {"amount": "12.50", "currency": "EUR", "reference": "no-function"},
+            content_type="application/json",
+            headers={"Idempotency-Key": "before-0006"},
+        )
+        assert response.status_code == 503
+        assert response.json()["code"] == "idempotency_store_unavailable"
+        assert not Payment.objects.exists()
+    finally:
+        _migrate(executor_leaf())
+    assert IdempotencyKey.objects.count() == 0
