@@ -431,7 +431,6 @@ class Store:
         ts = conn.ops.adapt_datetimefield_value
         insert_params: list[Any] = [scope, key, fingerprint, method, path]
         insert_params += [ts(lease_until), ts(now), ts(expires_at)]
-        fetch_params = [ts(now), ts(now), scope, key]
 
         def work() -> int | Existing | None:
             if sql.claim_call is not None:
@@ -447,6 +446,7 @@ class Store:
             # missing key would lock its gap in the index under REPEATABLE READ, and
             # two requests holding that gap would deadlock on their INSERTs.
             relock = conn.in_atomic_block and sql.fetch_locking != sql.fetch
+            fetch_params = [ts(now), ts(now), scope, key]
             with _store_cursor(conn) as cursor:
                 # A read first. SQLite: an INSERT takes the database's single write lock
                 # even when it conflicts, so a replay reads and never writes. InnoDB: a
