@@ -11,6 +11,10 @@ The function is ``VOLATILE`` (the default): each of its statements then takes a
 new snapshot under READ COMMITTED, and the read sees a conflicting row that
 committed after the INSERT began. It runs with the privileges of the caller.
 Other databases get nothing; the migration does nothing there, and reverses.
+
+The function names the key table's columns itself, as ``store.py`` does: a later
+migration that renames, drops or retypes one of them must replace the function
+too (``CREATE OR REPLACE FUNCTION``, with the same signature).
 """
 
 from typing import Any
