@@ -217,7 +217,8 @@ def run_worker(database_url: str, rounds: int, per_round: int) -> dict[str, Any]
         vendor = "mariadb" if connection.mysql_is_mariadb else "mysql"
         version = ".".join(map(str, connection.mysql_version))
     else:
-        version = str(connection.pg_version)
+        major, minor = divmod(connection.pg_version, 10000)
+        version = f"{major}.{minor}"
     return {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
