@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal, cast
 
@@ -31,29 +32,6 @@ CODES = (
     "idempotency_response_too_large",
     "idempotency_response_not_kept",
 )
-
-DEFAULTS: dict[str, Any] = {
-    "HEADER": "Idempotency-Key",
-    "METHODS": ("POST", "PUT", "PATCH", "DELETE"),
-    "MAX_KEY_LENGTH": 255,
-    "REQUIRED": False,
-    "TTL": 24 * 3600,
-    "LOCK_TIMEOUT": 60,
-    "MISMATCH_STATUS": 409,
-    "CONCURRENT_WAIT": 0,
-    "ATOMIC": True,
-    "SCOPE_FUNCTION": None,
-    "CREDENTIAL_HEADERS": ("Authorization", "X-API-Key"),
-    "CREDENTIAL_COOKIES": None,
-    "FINGERPRINT_HEADERS": ("Content-Type",),
-    "DATABASE": "default",
-    "NON_STORABLE_STATUSES": (408, 425, 429, *range(500, 600)),
-    "RETRY_AFTER": 1,
-    "PROBLEM_TYPES": {},
-    "EXEMPT_PATHS": (),
-    "MAX_RESPONSE_SIZE": 4 * 1024 * 1024,
-    "PREPARED_STATEMENTS": False,
-}
 
 #: The longest key the ``key`` column can hold.
 KEY_COLUMN_LENGTH = 255
@@ -246,30 +224,73 @@ def _patterns(name: str, value: Any) -> tuple[re.Pattern[str], ...]:
         raise _fail(name, f"valid regular expressions ({exc})", patterns) from exc
 
 
-#: One validator per key, in the order problems are reported: ``f(name, value)``
-#: returns the value the app uses or raises :class:`SettingError`.
-_VALIDATORS: dict[str, Callable[[str, Any], Any]] = {
-    "HEADER": _header,
-    "METHODS": _methods,
-    "MAX_KEY_LENGTH": _key_length,
-    "REQUIRED": _bool,
-    "TTL": _positive_seconds,
-    "LOCK_TIMEOUT": _positive_seconds,
-    "MISMATCH_STATUS": _client_error_status,
-    "CONCURRENT_WAIT": _seconds_or_zero,
-    "ATOMIC": _bool,
-    "SCOPE_FUNCTION": _callable,
-    "CREDENTIAL_HEADERS": _headers,
-    "CREDENTIAL_COOKIES": _cookies,
-    "FINGERPRINT_HEADERS": _strings,
-    "DATABASE": _database,
-    "NON_STORABLE_STATUSES": _statuses,
-    "RETRY_AFTER": _retry_after,
-    "PROBLEM_TYPES": _problem_types,
-    "EXEMPT_PATHS": _patterns,
-    "MAX_RESPONSE_SIZE": _size_or_none,
-    "PREPARED_STATEMENTS": _bool,
-}
+def header_to_meta(header: str) -> str:
+    """``Idempotency-Key`` -> ``HTTP_IDEMPOTENCY_KEY``, as Django stores it in META."""
+    name = header.upper().replace("-", "_")
+    if name in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+        return name
+    return "HTTP_" + name
+
+
+def _headers_to_meta(headers: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(header_to_meta(header) for header in headers)
+
+
+@dataclass(frozen=True, eq=False)
+class Setting:
+    """One key of ``IDEMPOTENCY``: its default, its check, where it lands on :class:`Resolved`.
+
+    ``check(key, value)`` returns the value the app uses or raises :class:`SettingError`.
+    That value becomes the attribute ``attr`` of :class:`Resolved`, and each entry of
+    ``derived`` (attribute name -> function of the value) one more attribute.
+    """
+
+    key: str
+    default: Any
+    check: Callable[[str, Any], Any]
+    attr: str
+    derived: Mapping[str, Callable[[Any], Any]] = field(default_factory=dict)
+
+
+#: Every setting, in the order problems are reported and the docs list them.
+SETTINGS: tuple[Setting, ...] = (
+    Setting("HEADER", "Idempotency-Key", _header, "header", {"header_meta": header_to_meta}),
+    Setting("METHODS", ("POST", "PUT", "PATCH", "DELETE"), _methods, "methods"),
+    Setting("MAX_KEY_LENGTH", KEY_COLUMN_LENGTH, _key_length, "max_key_length"),
+    Setting("REQUIRED", False, _bool, "required"),
+    Setting("TTL", 24 * 3600, _positive_seconds, "ttl"),
+    Setting("LOCK_TIMEOUT", 60, _positive_seconds, "lock_timeout"),
+    Setting("MISMATCH_STATUS", 409, _client_error_status, "mismatch_status"),
+    Setting("CONCURRENT_WAIT", 0, _seconds_or_zero, "concurrent_wait"),
+    Setting("ATOMIC", True, _bool, "atomic"),
+    Setting("SCOPE_FUNCTION", None, _callable, "scope_function"),
+    Setting(
+        "CREDENTIAL_HEADERS",
+        ("Authorization", "X-API-Key"),
+        _headers,
+        "credential_headers",
+        {"credential_meta": _headers_to_meta},
+    ),
+    Setting("CREDENTIAL_COOKIES", None, _cookies, "credential_cookies"),
+    Setting(
+        "FINGERPRINT_HEADERS",
+        ("Content-Type",),
+        _strings,
+        "fingerprint_headers",
+        {"fingerprint_meta": _headers_to_meta},
+    ),
+    Setting("DATABASE", "default", _database, "database"),
+    Setting("NON_STORABLE_STATUSES", (408, 425, 429, *range(500, 600)), _statuses, "non_storable"),
+    Setting("RETRY_AFTER", 1, _retry_after, "retry_after"),
+    Setting("PROBLEM_TYPES", {}, _problem_types, "problem_types"),
+    Setting("EXEMPT_PATHS", (), _patterns, "exempt_paths"),
+    Setting("MAX_RESPONSE_SIZE", 4 * 1024 * 1024, _size_or_none, "max_response_size"),
+    Setting("PREPARED_STATEMENTS", False, _bool, "prepared_statements"),
+)
+
+#: The default of each key, from :data:`SETTINGS`. :func:`validate` reads it when it
+#: runs, so a test run may change a default here.
+DEFAULTS: dict[str, Any] = {setting.key: setting.default for setting in SETTINGS}
 
 
 def user_setting() -> Any:
@@ -282,7 +303,7 @@ def validate(user: Any) -> tuple[dict[str, Any], list[SettingError]]:
 
     Returns the value the app uses for each valid key (defaults filled in), and a
     :class:`SettingError` for each problem: unknown keys first, then the keys in
-    ``DEFAULTS`` order. Never raises.
+    :data:`SETTINGS` order. Never raises.
     """
     if not isinstance(user, dict):
         return {}, [
@@ -301,24 +322,21 @@ def validate(user: Any) -> tuple[dict[str, Any], list[SettingError]]:
             SettingError("unknown", str(name), f"Unknown key {name!r} in {SETTING_NAME}.", hint)
         )
     values: dict[str, Any] = {}
-    for name, check in _VALIDATORS.items():
+    for setting in SETTINGS:
+        name = setting.key
         try:
-            values[name] = check(name, user.get(name, DEFAULTS[name]))
+            values[name] = setting.check(name, user.get(name, DEFAULTS[name]))
         except SettingError as exc:
             problems.append(exc)
     return values, problems
 
 
-def header_to_meta(header: str) -> str:
-    """``Idempotency-Key`` -> ``HTTP_IDEMPOTENCY_KEY``, as Django stores it in META."""
-    name = header.upper().replace("-", "_")
-    if name in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-        return name
-    return "HTTP_" + name
-
-
+@dataclass(frozen=True, eq=False)
 class Resolved:
-    """The validated settings, with derived values the hot path needs."""
+    """The validated settings, with derived values the hot path needs.
+
+    Each field is the ``attr`` of one entry of :data:`SETTINGS`, or one of its ``derived``.
+    """
 
     header: str
     header_meta: str
@@ -344,34 +362,21 @@ class Resolved:
     max_response_size: int | None
     prepared_statements: bool
 
-    def __init__(self, user: Any) -> None:
-        """Raise the first problem :func:`validate` finds in ``user``, as ``SettingError``."""
-        values, problems = validate(user)
-        if problems:
-            raise problems[0]
-        self.header = values["HEADER"]
-        self.header_meta = header_to_meta(self.header)
-        self.methods = values["METHODS"]
-        self.max_key_length = values["MAX_KEY_LENGTH"]
-        self.required = values["REQUIRED"]
-        self.ttl = values["TTL"]
-        self.lock_timeout = values["LOCK_TIMEOUT"]
-        self.mismatch_status = values["MISMATCH_STATUS"]
-        self.concurrent_wait = values["CONCURRENT_WAIT"]
-        self.atomic = values["ATOMIC"]
-        self.scope_function = values["SCOPE_FUNCTION"]
-        self.credential_headers = values["CREDENTIAL_HEADERS"]
-        self.credential_meta = tuple(header_to_meta(h) for h in self.credential_headers)
-        self.credential_cookies = values["CREDENTIAL_COOKIES"]
-        self.fingerprint_headers = values["FINGERPRINT_HEADERS"]
-        self.fingerprint_meta = tuple(header_to_meta(h) for h in self.fingerprint_headers)
-        self.database = values["DATABASE"]
-        self.non_storable = values["NON_STORABLE_STATUSES"]
-        self.retry_after = values["RETRY_AFTER"]
-        self.problem_types = values["PROBLEM_TYPES"]
-        self.exempt_paths = values["EXEMPT_PATHS"]
-        self.max_response_size = values["MAX_RESPONSE_SIZE"]
-        self.prepared_statements = values["PREPARED_STATEMENTS"]
+
+def resolve(user: Any) -> Resolved:
+    """The :class:`Resolved` settings of ``user``, a value of the ``IDEMPOTENCY`` setting.
+
+    Raises the first problem :func:`validate` finds in ``user``, as ``SettingError``.
+    """
+    values, problems = validate(user)
+    if problems:
+        raise problems[0]
+    attrs: dict[str, Any] = {}
+    for setting in SETTINGS:
+        value = attrs[setting.attr] = values[setting.key]
+        for attr, derive in setting.derived.items():
+            attrs[attr] = derive(value)
+    return Resolved(**attrs)
 
 
 class IdempotencySettings:
@@ -383,7 +388,7 @@ class IdempotencySettings:
     def get(self) -> Resolved:
         resolved = self._resolved
         if resolved is None:
-            resolved = self._resolved = Resolved(user_setting())
+            resolved = self._resolved = resolve(user_setting())
         return resolved
 
     def reload(self) -> None:
