@@ -1,10 +1,12 @@
+import dataclasses
 from datetime import timedelta
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 
-from idempotency.conf import DEFAULTS, idempotency_settings
+from idempotency.conf import DEFAULTS, SETTINGS, Resolved, idempotency_settings
+from tests.conftest import PREPARED_BY_DEFAULT
 
 
 def test_defaults() -> None:
@@ -21,11 +23,45 @@ def test_defaults() -> None:
     assert s.concurrent_wait == 0
     assert s.atomic is True
     assert s.scope_function is None
+    assert s.credential_meta == ("HTTP_AUTHORIZATION", "HTTP_X_API_KEY")
     assert s.fingerprint_meta == ("CONTENT_TYPE",)
     assert s.database == "default"
     assert {408, 425, 429, 500, 503, 599} <= s.non_storable
     assert not {200, 201, 400, 404, 409, 422} & s.non_storable
     assert s.max_response_size == 4 * 1024 * 1024
+
+
+def test_defaults_are_the_tables() -> None:
+    expected = {setting.key: setting.default for setting in SETTINGS}
+    if PREPARED_BY_DEFAULT:
+        expected["PREPARED_STATEMENTS"] = True
+
+    assert list(DEFAULTS.items()) == list(expected.items())
+
+
+def test_every_resolved_attribute_comes_from_one_setting() -> None:
+    attrs = [name for setting in SETTINGS for name in (setting.attr, *setting.derived)]
+
+    assert len(attrs) == len(set(attrs))
+    assert sorted(attrs) == sorted(field.name for field in dataclasses.fields(Resolved))
+
+
+def test_a_changed_default_is_the_one_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(DEFAULTS, "RETRY_AFTER", 7)
+    with override_settings(IDEMPOTENCY={}):
+        assert idempotency_settings.get().retry_after == 7
+    with (
+        override_settings(IDEMPOTENCY={"RETRY_AFTER": -1}),
+        pytest.raises(ImproperlyConfigured, match="use the default 7"),
+    ):
+        idempotency_settings.get()
+
+
+def test_resolved_settings_are_read_only() -> None:
+    with override_settings(IDEMPOTENCY={}):
+        s = idempotency_settings.get()
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            s.ttl = 1  # type: ignore[misc]
 
 
 def test_reloads_on_setting_changed() -> None:
@@ -65,41 +101,50 @@ def test_not_a_dict() -> None:
         idempotency_settings.get()
 
 
-@pytest.mark.parametrize(
-    ("name", "value", "message"),
-    [
-        ("HEADER", "", "an HTTP header name"),
-        ("HEADER", "Idempotency Key", "an HTTP header name"),
-        ("METHODS", "POST", "a list or tuple of strings"),
-        ("METHODS", ["POST", 1], "non-empty strings"),
-        ("METHODS", ["POST", "GET"], "unsafe methods only"),
-        ("MAX_KEY_LENGTH", 0, "from 1 to 255"),
-        ("MAX_KEY_LENGTH", 256, "from 1 to 255"),
-        ("MAX_KEY_LENGTH", "255", "from 1 to 255"),
-        ("REQUIRED", "yes", "True or False"),
-        ("REQUIRED", 1, "True or False"),
-        ("TTL", "1d", "a number of seconds or a datetime.timedelta"),
-        ("TTL", 0, "positive"),
-        ("TTL", True, "a number of seconds"),
-        ("LOCK_TIMEOUT", -1, "positive"),
-        ("MISMATCH_STATUS", 500, "from 400 to 499"),
-        ("CONCURRENT_WAIT", -0.5, "zero or positive"),
-        ("ATOMIC", None, "True or False"),
-        ("SCOPE_FUNCTION", 42, "None, a callable or a dotted import path"),
-        ("FINGERPRINT_HEADERS", "Content-Type", "a list or tuple of strings"),
-        ("DATABASE", "", "a database alias"),
-        ("NON_STORABLE_STATUSES", 500, "a collection of HTTP status codes"),
-        ("NON_STORABLE_STATUSES", [500, 600], "from 100 to 599"),
-        ("RETRY_AFTER", -1, "from 0 to 86400"),
-        ("PROBLEM_TYPES", {"idempotency_key_bogus": "https://x"}, "keyed by error codes"),
-        ("PROBLEM_TYPES", "https://x", "a dict of error code"),
-        ("EXEMPT_PATHS", ["("], "valid regular expressions"),
-        ("MAX_RESPONSE_SIZE", -1, "None or a number of bytes"),
-        ("MAX_RESPONSE_SIZE", "4MB", "None or a number of bytes"),
-        ("MAX_RESPONSE_SIZE", 1.5, "None or a number of bytes"),
-        ("MAX_RESPONSE_SIZE", True, "None or a number of bytes"),
-    ],
-)
+WRONG_VALUES = [
+    ("HEADER", "", "an HTTP header name"),
+    ("HEADER", "Idempotency Key", "an HTTP header name"),
+    ("METHODS", "POST", "a list or tuple of strings"),
+    ("METHODS", ["POST", 1], "non-empty strings"),
+    ("METHODS", ["POST", "GET"], "unsafe methods only"),
+    ("MAX_KEY_LENGTH", 0, "from 1 to 255"),
+    ("MAX_KEY_LENGTH", 256, "from 1 to 255"),
+    ("MAX_KEY_LENGTH", "255", "from 1 to 255"),
+    ("REQUIRED", "yes", "True or False"),
+    ("REQUIRED", 1, "True or False"),
+    ("TTL", "1d", "a number of seconds or a datetime.timedelta"),
+    ("TTL", 0, "positive"),
+    ("TTL", True, "a number of seconds"),
+    ("LOCK_TIMEOUT", -1, "positive"),
+    ("MISMATCH_STATUS", 500, "from 400 to 499"),
+    ("CONCURRENT_WAIT", -0.5, "zero or positive"),
+    ("ATOMIC", None, "True or False"),
+    ("SCOPE_FUNCTION", 42, "None, a callable or a dotted import path"),
+    ("CREDENTIAL_HEADERS", ["X-API-Key", "X API Key"], "a list or tuple of HTTP header names"),
+    ("CREDENTIAL_COOKIES", "sessionid", "a list or tuple of strings"),
+    ("FINGERPRINT_HEADERS", "Content-Type", "a list or tuple of strings"),
+    ("DATABASE", "", "a database alias"),
+    ("NON_STORABLE_STATUSES", 500, "a collection of HTTP status codes"),
+    ("NON_STORABLE_STATUSES", [500, 600], "from 100 to 599"),
+    ("RETRY_AFTER", -1, "from 0 to 86400"),
+    ("PROBLEM_TYPES", {"idempotency_key_bogus": "https://x"}, "keyed by error codes"),
+    ("PROBLEM_TYPES", "https://x", "a dict of error code"),
+    ("EXEMPT_PATHS", ["("], "valid regular expressions"),
+    ("MAX_RESPONSE_SIZE", -1, "None or a number of bytes"),
+    ("MAX_RESPONSE_SIZE", "4MB", "None or a number of bytes"),
+    ("MAX_RESPONSE_SIZE", 1.5, "None or a number of bytes"),
+    ("MAX_RESPONSE_SIZE", True, "None or a number of bytes"),
+    ("PREPARED_STATEMENTS", "on", "True or False"),
+]
+
+
+def test_every_setting_has_a_wrong_value_case() -> None:
+    tried = {name for name, _value, _message in WRONG_VALUES}
+
+    assert [setting.key for setting in SETTINGS if setting.key not in tried] == []
+
+
+@pytest.mark.parametrize(("name", "value", "message"), WRONG_VALUES)
 def test_wrong_types_name_the_setting_and_hint(name: str, value: object, message: str) -> None:
     assert name in DEFAULTS
     with override_settings(IDEMPOTENCY={name: value}), pytest.raises(ImproperlyConfigured) as info:
