@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
 from idempotency import checks as checks_module
 from idempotency import signals
-from idempotency.conf import CODES, DEFAULTS
+from idempotency.conf import CODES, SETTINGS
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -18,21 +19,50 @@ def _table_keys(page: str) -> list[str]:
     return re.findall(r"^   \* - ``([A-Za-z_.0-9]+)``", text, flags=re.MULTILINE)
 
 
-def test_settings_page_lists_every_setting_once() -> None:
+def _settings_rows() -> list[str]:
+    """The rows of the settings table, after the header row."""
+    text = (DOCS / "settings.rst").read_text()
+    return re.split(r"^   \* - ", text, flags=re.MULTILINE)[2:]
+
+
+def _cells(row: str) -> list[str]:
+    """The cells of a row after its first (the key)."""
+    return re.findall(r"^     - (.+)$", row, flags=re.MULTILINE)
+
+
+def test_settings_page_lists_every_setting_once_in_order() -> None:
     listed = [key for key in _table_keys("settings.rst") if key != "Key"]
 
-    assert sorted(listed) == sorted(DEFAULTS)
+    assert listed == [setting.key for setting in SETTINGS]
 
 
 def test_settings_page_gives_every_row_a_type_and_a_default() -> None:
-    text = (DOCS / "settings.rst").read_text()
-    rows = re.split(r"^   \* - ", text, flags=re.MULTILINE)[2:]  # after the header row
+    rows = _settings_rows()
 
-    assert len(rows) == len(DEFAULTS)
+    assert len(rows) == len(SETTINGS)
     for row in rows:
-        cells = re.findall(r"^     - (.+)$", row, flags=re.MULTILINE)
+        cells = _cells(row)
         assert len(cells) == 3, row  # type, default, meaning
         assert all(cell.strip() for cell in cells), row
+
+
+def test_settings_page_gives_the_defaults_of_the_table() -> None:
+    documented = {}
+    for setting, row in zip(SETTINGS, _settings_rows(), strict=True):
+        # A default written as a Python literal, lists for tuples; the others are
+        # prose ("POST, PUT, PATCH, DELETE").
+        literal = re.match(r"``([^`]+)``", _cells(row)[1])
+        if literal is not None:
+            documented[setting.key] = ast.literal_eval(literal[1])
+    table = {setting.key: setting.default for setting in SETTINGS}
+    wrong = {
+        key: value
+        for key, value in documented.items()
+        if value != (list(table[key]) if isinstance(table[key], tuple) else table[key])
+    }
+
+    assert len(documented) > len(SETTINGS) // 2
+    assert wrong == {}
 
 
 def test_checks_page_documents_every_check_id() -> None:
