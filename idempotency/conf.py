@@ -335,7 +335,8 @@ def validate(user: Any) -> tuple[dict[str, Any], list[SettingError]]:
 class Resolved:
     """The validated settings, with derived values the hot path needs.
 
-    Each field is the ``attr`` of one entry of :data:`SETTINGS`, or one of its ``derived``.
+    Each field is the ``attr`` of one entry of :data:`SETTINGS`, or one of its ``derived``;
+    :func:`resolve` builds it from a value of the ``IDEMPOTENCY`` setting.
     """
 
     header: str
