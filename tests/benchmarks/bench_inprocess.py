@@ -29,113 +29,35 @@ Each database is measured in a process of its own. Prints the figures and writes
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import platform
 import random
 import statistics
-import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from pgserver import add_url_option, fresh_database, mariadb_server, postgres_server
+from common import (
+    FLOOR_MIDDLEWARE,
+    OURS,
+    RESULTS,
+    add_url_option,
+    database_version,
+    fresh_database,
+    machine_line,
+    mariadb_server,
+    postgres_server,
+    run_json,
+    setup_inprocess,
+    test_client,
+    utc_minute,
+    write_json,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-RESULTS = Path(__file__).resolve().parent / "results"
 BODY = json.dumps({"amount": "12.50", "currency": "EUR", "reference": "bench"}).encode()
-OURS = "idempotency.middleware.IdempotencyMiddleware"
-#: What the floor stores as the response's headers: a constant, not encoded per request.
-HEADERS = json.dumps([["Content-Type", "application/json"]])
-TTL = dt.timedelta(days=1)
-
-
-def _setup(database_url: str) -> None:
-    os.environ["DATABASE_URL"] = database_url
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "testproject.settings")
-    os.environ["DEBUG"] = "0"
-    os.environ.setdefault("SECRET_KEY", "bench-inprocess-not-secret-0123456789abcdefghij")
-    sys.path[:0] = [str(ROOT), str(ROOT / "testproject")]
-    import django
-
-    django.setup()
-    from django.conf import settings
-
-    settings.LOGGING_CONFIG = None
-    if os.environ.get("BENCH_PREPARED_STATEMENTS"):
-        settings.IDEMPOTENCY = {**settings.IDEMPOTENCY, "PREPARED_STATEMENTS": True}
-        from idempotency.conf import idempotency_settings
-
-        idempotency_settings.reload()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0, interactive=False)
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute("DROP TABLE IF EXISTS bench_floor")
-        serial, stamp, blob = {
-            "postgresql": ("BIGSERIAL", "TIMESTAMP WITH TIME ZONE", "BYTEA"),
-            "mysql": ("BIGINT AUTO_INCREMENT", "DATETIME(6)", "LONGBLOB"),
-        }.get(connection.vendor, ("INTEGER", "DATETIME", "BLOB"))
-        key = connection.ops.quote_name("key")
-        # What the floor's definition names: a primary key, a unique (scope, key) index
-        # and an expiry index; the response's status, headers and body.
-        cursor.execute(
-            f"CREATE TABLE bench_floor (id {serial} PRIMARY KEY, scope VARCHAR(255), "
-            f"{key} VARCHAR(255), state VARCHAR(16), expires_at {stamp}, status INTEGER, "
-            f"headers TEXT, body {blob}, UNIQUE (scope, {key}))"
-        )
-        cursor.execute("CREATE INDEX bench_floor_expires ON bench_floor (expires_at)")
-
-
-class FloorMiddleware:
-    """The physical floor: claim INSERT (autocommit); view + UPDATE storing its response
-    in one transaction; COMMIT. Nothing else: no parsing, hashing or lookup."""
-
-    def __init__(self, get_response: Callable[[Any], Any]) -> None:
-        self.get_response = get_response
-
-    def __call__(self, request: Any) -> Any:
-        from django.db import connection, transaction
-        from django.utils import timezone
-
-        key = connection.ops.quote_name("key")
-        expires = connection.ops.adapt_datetimefield_value(timezone.now() + TTL)
-        insert = (
-            f"INSERT INTO bench_floor (scope, {key}, state, expires_at) "
-            "VALUES ('anonymous', %s, 'running', %s)"
-        )
-        with connection.cursor() as cursor:
-            if connection.vendor == "postgresql":
-                cursor.execute(f"{insert} RETURNING id", [uuid.uuid4().hex, expires])
-                row_id = cursor.fetchone()[0]
-            else:
-                cursor.execute(insert, [uuid.uuid4().hex, expires])
-                row_id = cursor.lastrowid
-        with transaction.atomic():
-            response = self.get_response(request)
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    "UPDATE bench_floor SET state = 'completed', status = %s, headers = %s, "
-                    "body = %s WHERE id = %s",
-                    [response.status_code, HEADERS, response.content, row_id],
-                )
-        return response
-
-
-def _client(middleware: list[str]) -> Any:
-    """A test client whose handler has loaded ``middleware`` (loaded once, on first use)."""
-    from django.test import Client, override_settings
-
-    client = Client()
-    with override_settings(MIDDLEWARE=middleware):
-        client.handler.load_middleware()
-    return client
 
 
 def variants() -> dict[str, Callable[[], int]]:
@@ -144,13 +66,13 @@ def variants() -> dict[str, Callable[[], int]]:
     with_ours = list(settings.MIDDLEWARE)
     assert OURS in with_ours
     without = [m for m in with_ours if m != OURS]
-    floor = [*without, f"{__name__}.FloorMiddleware"]
+    floor = [*without, FLOOR_MIDDLEWARE]
     clients = {
-        "baseline": _client(without),
-        "no-key": _client(with_ours),
-        "replay": _client(with_ours),
-        "first": _client(with_ours),
-        "floor": _client(floor),
+        "baseline": test_client(without),
+        "no-key": test_client(with_ours),
+        "replay": test_client(with_ours),
+        "first": test_client(with_ours),
+        "floor": test_client(floor),
     }
     replay_key = str(uuid.uuid4())
 
@@ -204,24 +126,15 @@ def summarise(timings: dict[str, list[float]]) -> dict[str, Any]:
 
 
 def run_worker(database_url: str, rounds: int, per_round: int) -> dict[str, Any]:
-    _setup(database_url)
+    setup_inprocess(database_url)
     import django
-    from django.db import connection
 
     started = time.monotonic()
     timings = measure(rounds, per_round)
-    vendor = connection.vendor
-    if vendor == "sqlite":
-        version = ".".join(map(str, connection.Database.sqlite_version_info))
-    elif vendor == "mysql":
-        vendor = "mariadb" if connection.mysql_is_mariadb else "mysql"
-        version = ".".join(map(str, connection.mysql_version))
-    else:
-        major, minor = divmod(connection.pg_version, 10000)
-        version = f"{major}.{minor}"
+    vendor, version = database_version()
     return {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+        "date": utc_minute(),
+        "machine": machine_line(),
         "python": platform.python_version(),
         "django": django.get_version(),
         "database": f"{vendor} {version}",
@@ -263,17 +176,10 @@ def main() -> int:
             env = dict(os.environ)
             if args.prepared_statements:
                 env["BENCH_PREPARED_STATEMENTS"] = "1"
-            done = subprocess.run(
-                command, capture_output=True, text=True, cwd=ROOT, check=False, env=env
-            )
-            if done.returncode != 0:
-                print(done.stderr, file=sys.stderr)
-                return 1
-            results[name] = json.loads(done.stdout.strip().splitlines()[-1])
+            results[name] = run_json(command, what=f"bench_inprocess on {name}", env=env)
     print(json.dumps(results, indent=2))
     if not args.no_write:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "inprocess.json").write_text(json.dumps(results, indent=2) + "\n")
+        write_json(RESULTS / "inprocess.json", results)
     return 0
 
 

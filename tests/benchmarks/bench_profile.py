@@ -62,11 +62,28 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pgserver import add_url_option, fresh_database, mariadb_server, postgres_server
+from common import (
+    DOCS_STATIC,
+    FLOOR_MIDDLEWARE,
+    OURS,
+    RESULTS,
+    ROOT,
+    add_url_option,
+    database_version,
+    fresh_database,
+    load_average,
+    machine_line,
+    mariadb_server,
+    postgres_server,
+    run_json,
+    setup_inprocess,
+    test_client,
+    utc_minute,
+    version,
+    write_json,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-RESULTS = Path(__file__).resolve().parent / "results"
-DOC = ROOT / "docs" / "_static" / "profile.rst"
+DOC = DOCS_STATIC / "profile.rst"
 PG_PORT = 55439
 MARIADB_PORT = 33169
 
@@ -453,7 +470,6 @@ def _urls() -> None:
 
 
 def variants() -> dict[str, Callable[[], int]]:
-    from bench_inprocess import OURS, _client
     from django.conf import settings
     from django.contrib.auth import get_user_model
     from rest_framework.authtoken.models import Token
@@ -464,11 +480,11 @@ def variants() -> dict[str, Callable[[], int]]:
     Token.objects.get_or_create(user=user, defaults={"key": TOKEN})
     with_ours = list(settings.MIDDLEWARE)
     without = [m for m in with_ours if m != OURS]
-    floor = [*without, "bench_inprocess.FloorMiddleware"]
+    floor = [*without, FLOOR_MIDDLEWARE]
     replay_keys = {"plain": str(uuid.uuid4()), "drf": str(uuid.uuid4())}
 
     def send(middleware: list[str], url: str, body: bytes, auth: bool, key: Any) -> Any:
-        post = _client(middleware).post
+        post = test_client(middleware).post
         base = {"Authorization": f"Token {TOKEN}"} if auth else {}
 
         def call() -> int:
@@ -499,19 +515,6 @@ def _warm(calls: dict[str, Callable[[], int]], wanted: list[str], n: int = 50) -
         for _ in range(n):
             status = calls[name]()
             assert status == 201, f"{name} answered {status}"
-
-
-def _vendor() -> tuple[str, str]:
-    from django.db import connection
-
-    vendor = connection.vendor
-    if vendor == "sqlite":
-        return "sqlite", ".".join(map(str, connection.Database.sqlite_version_info))
-    if vendor == "mysql":
-        name = "mariadb" if connection.mysql_is_mariadb else "mysql"
-        return name, ".".join(map(str, connection.mysql_version))
-    major, rest = divmod(connection.pg_version, 10000)
-    return "postgresql", f"{major}.{rest}"
 
 
 def _hot_probe(url: str, requests: int) -> dict[str, Any]:
@@ -656,9 +659,7 @@ def postgres_facts(url: str, requests: int) -> dict[str, Any]:
 
 
 def run_worker(url: str, args: argparse.Namespace) -> dict[str, Any]:
-    from bench_inprocess import _setup
-
-    _setup(url)
+    setup_inprocess(url)
     import django
     from django.db import connections
 
@@ -666,7 +667,7 @@ def run_worker(url: str, args: argparse.Namespace) -> dict[str, Any]:
     wanted = [name for name in VARIANTS if name in args.variants.split(",")]
     _warm(calls, wanted)
     started = time.monotonic()
-    load_before = os.getloadavg()[0]
+    load_before = load_average()
 
     # 1. wall time
     timings: dict[str, list[float]] = {name: [] for name in wanted}
@@ -708,15 +709,15 @@ def run_worker(url: str, args: argparse.Namespace) -> dict[str, Any]:
             "calls_per_request": counts(stats, args.profiled),
             "top": top(stats, args.profiled),
         }
-    vendor, version = _vendor()
+    vendor, server_version = database_version()
     extra = {"postgresql": postgres_facts(url, args.profiled)} if vendor == "postgresql" else {}
     return {
         **extra,
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "database": f"{vendor} {version}",
+        "date": utc_minute(),
+        "database": f"{vendor} {server_version}",
         "django": django.get_version(),
         "load_before": round(load_before, 2),
-        "load_after": round(os.getloadavg()[0], 2),
+        "load_after": round(load_average(), 2),
         "seconds": round(time.monotonic() - started, 1),
         "rounds": args.rounds,
         "per_round": args.per_round,
@@ -733,9 +734,7 @@ def run_worker(url: str, args: argparse.Namespace) -> dict[str, Any]:
 def run_callgrind_worker(url: str, args: argparse.Namespace) -> None:
     """Under callgrind: warm up, then mark each variant's stretch of requests with a
     ``getppid()`` call, which ``--dump-before=getppid`` turns into a dump."""
-    from bench_inprocess import _setup
-
-    _setup(url)
+    setup_inprocess(url)
     calls = variants()
     wanted = [name for name in VARIANTS if name in args.variants.split(",")]
     _warm(calls, wanted, 5)
@@ -827,15 +826,10 @@ def breakdown(result: dict[str, Any], name: str) -> dict[str, float]:
     return us
 
 
-def _versions() -> dict[str, str]:
-    from importlib.metadata import version
-
-    found = {"Python": platform.python_version()}
+def _versions() -> dict[str, str | None]:
+    found: dict[str, str | None] = {"Python": platform.python_version()}
     for package in ("Django", "djangorestframework", "psycopg", "mysqlclient"):
-        try:
-            found[package] = version(package)
-        except Exception:
-            found[package] = "not installed"
+        found[package] = version(package, "not installed")
     return found
 
 
@@ -988,7 +982,7 @@ def main() -> int:
 
     wanted = args.databases.split(",")
     results: dict[str, Any] = {}
-    loads = [os.getloadavg()[0]]
+    loads = [load_average()]
     with (
         postgres_server(args.url if "postgresql" in wanted else "unused", PG_PORT) as server,
         mariadb_server(
@@ -1000,20 +994,14 @@ def main() -> int:
             command = [sys.executable, __file__, "--worker", url, "--variants", args.variants]
             command += ["--rounds", str(args.rounds), "--per-round", str(args.per_round)]
             command += ["--profiled", str(args.profiled)]
-            done = subprocess.run(
-                command, capture_output=True, text=True, cwd=ROOT, check=False, timeout=3600
-            )
-            if done.returncode != 0:
-                print(done.stderr, file=sys.stderr)
-                return 1
-            results[name] = json.loads(done.stdout.strip().splitlines()[-1])
+            results[name] = run_json(command, what=f"bench_profile on {name}", timeout=3600)
             if args.callgrind:
                 results[name]["callgrind"] = callgrind(url, args)
-            loads.append(os.getloadavg()[0])
+            loads.append(load_average())
             print(f"{name}: done in {results[name]['seconds']} s", file=sys.stderr)
     machine = {
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.machine()}, {platform.platform()}",
+        "date": utc_minute(),
+        "machine": machine_line(cores=False),
         "cores": os.cpu_count(),
         "load": f"{min(loads):.1f} to {max(loads):.1f}",
         "versions": _versions(),
@@ -1021,8 +1009,7 @@ def main() -> int:
     report = {"machine": machine, "results": results}
     print(json.dumps(report, indent=2))
     if not args.no_write:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "profile.json").write_text(json.dumps(report, indent=2) + "\n")
+        write_json(RESULTS / "profile.json", report)
         DOC.write_text(render(results, machine) + "\n")
     return 0
 

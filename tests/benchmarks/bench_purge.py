@@ -120,7 +120,7 @@ def is_mariadb(url: str) -> bool:
 
 def recreate_database(server_url: str, name: str, *, drop_only: bool = False) -> None:
     if is_mariadb(server_url):
-        from pgserver import mysql_connect
+        from common import mysql_connect
 
         conn = mysql_connect(server_url)
         try:
