@@ -24,25 +24,32 @@ body, for storing and for replaying.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
-import os
 import platform
 import random
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
-from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from pgserver import add_url_option, mariadb_server, postgres_server
+from common import (
+    RESULTS,
+    add_url_option,
+    create_database,
+    machine_line,
+    mariadb_server,
+    mysql_connect,
+    override_idempotency,
+    postgres_server,
+    run_json,
+    run_migrations,
+    setup_django,
+    utc_minute,
+    version,
+    write_json,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-RESULTS = Path(__file__).resolve().parent / "results"
 MIB = 1024 * 1024
 TARGET = 2.0
 
@@ -72,26 +79,15 @@ def _peak_bytes() -> int:
 
 def worker(database_url: str, mib: int, mode: str, key: str) -> dict[str, Any]:
     global BLOB
-    os.environ.update(
-        DATABASE_URL=database_url,
-        DJANGO_SETTINGS_MODULE="testproject.settings",
-        DEBUG="0",
-        SECRET_KEY="bench-memory-not-secret-0123456789abcdefghijklmnop",
-    )
-    sys.path[:0] = [str(ROOT), str(ROOT / "testproject")]
-    import django
-
-    django.setup()
+    setup_django(database_url, migrate=False)
     from django.conf import settings
-    from django.core.management import call_command
     from django.test import Client
 
-    from idempotency.conf import DEFAULTS, idempotency_settings
+    from idempotency.conf import DEFAULTS
 
     if "MAX_RESPONSE_SIZE" in DEFAULTS:
-        settings.IDEMPOTENCY = {**getattr(settings, "IDEMPOTENCY", {}), "MAX_RESPONSE_SIZE": None}
-        idempotency_settings.reload()
-    call_command("migrate", verbosity=0, interactive=False)
+        override_idempotency(MAX_RESPONSE_SIZE=None)
+    run_migrations()
     urlpatterns.extend(_urlpatterns())
     settings.ROOT_URLCONF = __name__ if __name__ != "__main__" else "bench_memory"
     sys.modules.setdefault("bench_memory", sys.modules[__name__])
@@ -121,19 +117,10 @@ def worker(database_url: str, mib: int, mode: str, key: str) -> dict[str, Any]:
 
 def _mysql_database(url: str, mib: int) -> str:
     """Create ``bench_memory`` on the server of ``url``; make sure it takes the body."""
-    import MySQLdb
-
-    parts = urlsplit(url)
-    params: dict[str, Any] = {"host": parts.hostname or "127.0.0.1", "user": parts.username}
-    if parts.port:
-        params["port"] = parts.port
-    if parts.password:
-        params["password"] = parts.password
-    conn = MySQLdb.connect(**params)
+    database_url = create_database(url, "bench_memory")
+    conn = mysql_connect(url)
     try:
         cursor = conn.cursor()
-        cursor.execute("DROP DATABASE IF EXISTS bench_memory")
-        cursor.execute("CREATE DATABASE bench_memory CHARACTER SET utf8mb4")
         cursor.execute("SELECT @@max_allowed_packet")
         (packet,) = cursor.fetchone()
         # Escaped, a body of random bytes grows by about 3 %; leave room for that.
@@ -143,11 +130,11 @@ def _mysql_database(url: str, mib: int) -> str:
             cursor.execute(f"SET GLOBAL max_allowed_packet = {needed}")
     finally:
         conn.close()
-    return f"{parts.scheme}://{parts.netloc}/bench_memory"
+    return database_url
 
 
 def _run(url: str, mib: int, mode: str, key: str) -> dict[str, Any]:
-    done = subprocess.run(
+    return run_json(  # type: ignore[no-any-return]
         [
             sys.executable,
             __file__,
@@ -160,13 +147,8 @@ def _run(url: str, mib: int, mode: str, key: str) -> dict[str, Any]:
             "--mib",
             str(mib),
         ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
+        what=f"bench_memory: the {mode} worker",
     )
-    if done.returncode != 0:
-        raise SystemExit(f"bench_memory: the {mode} worker failed:\n{done.stderr}")
-    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
 def main() -> int:
@@ -186,14 +168,9 @@ def main() -> int:
     scratch = tempfile.mkdtemp(prefix="bench-memory.")
     results: dict[str, Any] = {}
     with postgres_server(args.url) as server, mariadb_server(args.mariadb_url) as maria:
-        import psycopg
-
-        with psycopg.connect(server, autocommit=True) as conn:
-            conn.execute("DROP DATABASE IF EXISTS bench_memory WITH (FORCE)")
-            conn.execute("CREATE DATABASE bench_memory")
         urls = {
             "sqlite": f"sqlite:///{scratch}/memory.sqlite3",
-            "postgresql": server.rsplit("/", 1)[0] + "/bench_memory",
+            "postgresql": create_database(server, "bench_memory"),
         }
         urls["mariadb"] = _mysql_database(maria, args.mib)
         for name, url in urls.items():
@@ -203,10 +180,10 @@ def main() -> int:
                 for mode in ("store", "replay"):
                     rounds[mode].append(_run(url, args.mib, mode, key))
             results[name] = {
-                "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+                "date": utc_minute(),
+                "machine": machine_line(),
                 "python": platform.python_version(),
-                "django": importlib.metadata.version("Django"),
+                "django": version("Django"),
                 "body_mib": args.mib,
                 "rounds": args.rounds,
                 "peak_rss_unprotected_mib": statistics.median(
@@ -228,8 +205,7 @@ def main() -> int:
             }
     print(json.dumps(results, indent=2))
     if not args.no_write:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "memory.json").write_text(json.dumps(results, indent=2) + "\n")
+        write_json(RESULTS / "memory.json", results)
     worst = max(
         max(r["store_raised_peak_by_x_body"], r["replay_raised_peak_by_x_body"])
         for r in results.values()
