@@ -43,12 +43,10 @@ Prints a summary and writes ``results/size.json`` next to this file.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import platform
 import random
-import re
 import resource
 import statistics
 import subprocess
@@ -58,12 +56,20 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-from pgserver import postgres_server
+import common
+from common import (
+    ROOT,
+    create_database,
+    drop_database,
+    postgres_connect,
+    postgres_server,
+    run_json,
+    utc_iso,
+    write_json,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-RESULTS = Path(__file__).resolve().parent / "results" / "size.json"
+RESULTS = common.RESULTS / "size.json"
 #: The store's tables, read from the models once Django is set up.
 KEY_TABLE = ""
 WARMUP_S = 1.0
@@ -172,27 +178,13 @@ def _urlpatterns() -> list[Any]:
 
 
 def setup_django(database_url: str, *, migrate: bool) -> None:
-    os.environ.update(
-        DATABASE_URL=database_url,
-        DJANGO_SETTINGS_MODULE="testproject.settings",
-        DEBUG="0",
-        SECRET_KEY="bench-size-not-secret-0123456789abcdefghijklmnopqrstuv",
-    )
-    sys.path[:0] = [str(ROOT), str(ROOT / "testproject")]
-    import django
-
-    django.setup()
+    common.setup_django(database_url, migrate=migrate)
     from django.conf import settings
 
     from idempotency.models import IdempotencyKey
 
     global KEY_TABLE
     KEY_TABLE = IdempotencyKey._meta.db_table
-    settings.LOGGING_CONFIG = None
-    if migrate:
-        from django.core.management import call_command
-
-        call_command("migrate", verbosity=0, interactive=False)
     urlpatterns[:] = _urlpatterns()
     sys.modules.setdefault("bench_size", sys.modules[__name__])
     settings.ROOT_URLCONF = "bench_size" if __name__ == "__main__" else __name__
@@ -567,9 +559,7 @@ def server_settings(cursor: Any) -> dict[str, str]:
 
 
 def set_durable(server_url: str, durable: bool) -> None:
-    import psycopg
-
-    with psycopg.connect(server_url, autocommit=True) as conn:
+    with postgres_connect(server_url) as conn:
         for name, value in DURABLE.items():
             if durable:
                 conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
@@ -580,9 +570,7 @@ def set_durable(server_url: str, durable: bool) -> None:
 
 
 def measure_writes(database_url: str, writers: int, seconds: float, body: int) -> dict[str, Any]:
-    import psycopg
-
-    with psycopg.connect(database_url, autocommit=True) as conn:
+    with postgres_connect(database_url) as conn:
         conn.execute("CHECKPOINT")
         settings = server_settings(conn.cursor())
         lsn_before = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
@@ -615,7 +603,7 @@ def measure_writes(database_url: str, writers: int, seconds: float, body: int) -
         if proc.returncode != 0:
             raise SystemExit(f"bench_size: a writer failed ({proc.returncode})")
         outputs.append(json.loads(out.strip().splitlines()[-1]))
-    with psycopg.connect(database_url, autocommit=True) as conn:
+    with postgres_connect(database_url) as conn:
         wal = conn.execute(
             "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s::pg_lsn)", [lsn_before]
         ).fetchone()[0]
@@ -665,35 +653,15 @@ def versions() -> dict[str, str]:
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.machine()
-    try:
-        match = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
-        if match:
-            cpu = match.group(1).strip()
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform()}
-
-
-def with_database(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path="/" + name))
-
-
-def recreate(server_url: str, name: str, *, drop_only: bool = False) -> None:
-    import psycopg
-
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        if not drop_only:
-            conn.execute(f'CREATE DATABASE "{name}"')
+    found = common.machine()
+    return {"cpu": found["cpu"], "cores": found["cores"], "platform": found["platform"]}
 
 
 def worker(url: str, *args: str) -> dict[str, Any]:
     command = [sys.executable, __file__, "--worker", url, *args]
-    done = subprocess.run(command, stdout=subprocess.PIPE, text=True, cwd=ROOT, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"bench_size: the worker for {url} failed ({done.returncode})")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_json(  # type: ignore[no-any-return]
+        command, what=f"bench_size: the worker for {url}", capture_stderr=False
+    )
 
 
 def parse_args() -> argparse.Namespace:
@@ -765,7 +733,7 @@ def main() -> int:
     started = time.monotonic()
     report: dict[str, Any] = {
         "benchmark": "size",
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "date": utc_iso(),
         "machine": machine(),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "parameters": {
@@ -788,15 +756,14 @@ def main() -> int:
             for body in bodies:
                 if database == "postgresql":
                     name = f"bench_size_{body}"
-                    recreate(server, name)
-                    url = with_database(server, name)
+                    url = create_database(server, name)
                 else:
                     url = f"sqlite:///{tempfile.mkdtemp(prefix='bench-size.')}/size.sqlite3"
                 try:
                     found = worker(url, "--keys", str(args.keys), "--body", str(body))
                 finally:
                     if database == "postgresql":
-                        recreate(server, name, drop_only=True)
+                        drop_database(server, name)
                 report["sizes"][database][str(body)] = found
                 log(
                     f"{database}, {body} B: {found['as_written']['per_key_bytes']} B/key "
@@ -805,8 +772,7 @@ def main() -> int:
         if "postgresql" in wanted and args.writers:
             report["write_rate"] = write_rates(server, args, durable)
     report["seconds"] = round(time.monotonic() - started)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.output, report)
     print_summary(report)
     print(f"written to {args.output}")
     return 0
@@ -814,10 +780,9 @@ def main() -> int:
 
 def write_rates(server: str, args: argparse.Namespace, durable: bool) -> list[dict[str, Any]]:
     name = "bench_size_writes"
-    url = with_database(server, name)
     body = int(args.bodies.split(",")[0])
     runs = []
-    recreate(server, name)
+    url = create_database(server, name)
     try:
         subprocess.run([sys.executable, __file__, "--migrate", url], cwd=ROOT, check=True)
         modes = [False, True] if durable else [False]
@@ -838,7 +803,7 @@ def write_rates(server: str, args: argparse.Namespace, durable: bool) -> list[di
                 if mode:
                     set_durable(server, False)
     finally:
-        recreate(server, name, drop_only=True)
+        drop_database(server, name)
     return runs
 
 
