@@ -28,14 +28,12 @@ when a target is missed (60 s, 150 MiB, 250 ms).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import http.client
 import json
 import os
 import platform
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,11 +43,24 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-ROOT = Path(__file__).resolve().parents[2]
-MANAGE = ROOT / "testproject" / "manage.py"
-RESULTS = Path(__file__).resolve().parent / "results" / "purge.json"
+import common
+from common import (
+    ROOT,
+    TESTPROJECT,
+    AppServer,
+    create_database,
+    drop_database,
+    free_port,
+    gunicorn,
+    testproject_env,
+    utc_iso,
+    with_database,
+    write_json,
+)
+
+MANAGE = TESTPROJECT / "manage.py"
+RESULTS = common.RESULTS / "purge.json"
 
 TARGETS = {"wall_s": 60.0, "peak_rss_mib": 150.0, "worst_latency_ms": 250.0}
 INTERVAL = 0.05  # seconds between probe requests
@@ -85,26 +96,9 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path="/" + name))
-
-
 def child_env(url: str) -> dict[str, str]:
     """The environment of the command and the server: production-like settings."""
-    paths = [str(ROOT / "testproject"), str(ROOT)]
-    if os.environ.get("PYTHONPATH"):
-        paths.append(os.environ["PYTHONPATH"])
-    return {
-        **os.environ,
-        "DATABASE_URL": url,
-        "DEBUG": "False",
-        "SECRET_KEY": "bench-purge-" + uuid.uuid4().hex,
-        "ALLOWED_HOSTS": "127.0.0.1,localhost",
-        "DJANGO_SETTINGS_MODULE": "testproject.settings",
-        "PYTHONPATH": os.pathsep.join(paths),
-        "PYTHONUNBUFFERED": "1",
-    }
+    return testproject_env(url, ALLOWED_HOSTS="127.0.0.1,localhost", PYTHONUNBUFFERED="1")
 
 
 def log(message: str) -> None:
@@ -112,41 +106,6 @@ def log(message: str) -> None:
 
 
 # -- database -------------------------------------------------------------------------
-
-
-def is_mariadb(url: str) -> bool:
-    return url.startswith("mysql://")
-
-
-def recreate_database(server_url: str, name: str, *, drop_only: bool = False) -> None:
-    if is_mariadb(server_url):
-        from common import mysql_connect
-
-        conn = mysql_connect(server_url)
-        try:
-            cursor = conn.cursor()
-            cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
-            if not drop_only:
-                cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
-        finally:
-            conn.close()
-        return
-    import psycopg
-
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        if not drop_only:
-            conn.execute(f'CREATE DATABASE "{name}"')
-
-
-def setup_django(url: str) -> None:
-    os.environ.update({k: v for k, v in child_env(url).items() if k != "PYTHONPATH"})
-    for path in (str(ROOT), str(ROOT / "testproject")):
-        if path not in sys.path:
-            sys.path.insert(0, path)
-    import django
-
-    django.setup()
 
 
 def _key_insert(expressions: dict[str, str], source: str) -> tuple[str, list[Any]]:
@@ -393,66 +352,34 @@ def versions() -> dict[str, str]:
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    memory_gib = None
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-        match = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.M)
-        if match:
-            cpu = match.group(1).strip()
-        meminfo = Path("/proc/meminfo").read_text()
-        match = re.search(r"^MemTotal:\s*(\d+) kB", meminfo, re.M)
-        if match:
-            memory_gib = round(int(match.group(1)) / 2**20, 1)
-    except OSError:
-        pass
+    found = common.machine()
     return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "memory_gib": memory_gib,
-        "os": platform.platform(),
+        "cpu": found["cpu"],
+        "cores": found["cores"],
+        "memory_gib": found["memory_gib"],
+        "os": found["platform"],
     }
 
 
 # -- the server and the probe ---------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_server(env: dict[str, str], port: int) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(env: dict[str, str], port: int) -> tuple[AppServer, str]:
     if shutil.which("gunicorn") or _has_module("gunicorn"):
-        command = [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "testproject.wsgi:application",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            "2",
-            "--log-level",
-            "warning",
-        ]
+        app = "testproject.wsgi:application"
+        command = gunicorn(app, port, "--workers", "2", "--log-level", "warning")
         name = "gunicorn, 2 sync workers"
     else:
         command = [sys.executable, str(MANAGE), "runserver", "--noreload", f"127.0.0.1:{port}"]
         name = "manage.py runserver --noreload"
-    server = subprocess.Popen(command, cwd=ROOT / "testproject", env=env)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"bench_purge: the server exited with {server.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return server, name
-        except OSError:
-            time.sleep(0.2)
-    server.terminate()
-    raise SystemExit("bench_purge: the server did not listen within 30 s")
+    server = AppServer(f"bench_purge: {name}", command, port=port, cwd=TESTPROJECT, env=env)
+    server.start()
+    try:
+        server.wait_until(server.listening, timeout=30, interval=0.2)
+    except BaseException:
+        server.stop()
+        raise
+    return server, name
 
 
 def _has_module(name: str) -> bool:
@@ -554,7 +481,7 @@ def main() -> int:
     url = with_database(args.url, args.db_name)
     env = child_env(url)
     report: dict[str, Any] = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": utc_iso(),
         "machine": machine(),
         "setup": {
             "expired_keys": args.expired,
@@ -569,8 +496,8 @@ def main() -> int:
     }
 
     log(f"creating database {args.db_name}")
-    recreate_database(args.url, args.db_name)
-    server: subprocess.Popen[bytes] | None = None
+    create_database(args.url, args.db_name)
+    server: AppServer | None = None
     try:
         subprocess.run(
             [sys.executable, str(MANAGE), "migrate", "--noinput", "-v", "0"],
@@ -578,7 +505,7 @@ def main() -> int:
             env=env,
             check=True,
         )
-        setup_django(url)
+        common.setup_django(url, migrate=False)
         from django.db import connections
 
         report["versions"] = versions()
@@ -629,11 +556,7 @@ def main() -> int:
         report["check"]["problems"] = problems
     finally:
         if server is not None:
-            server.terminate()
-            try:
-                server.wait(10)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            server.stop()
         try:
             from django.db import connections
 
@@ -641,7 +564,7 @@ def main() -> int:
         except Exception:
             pass
         if not args.keep_db:
-            recreate_database(args.url, args.db_name, drop_only=True)
+            drop_database(args.url, args.db_name)
 
     measured = {
         "wall_s": report["purge"]["wall_s"],
@@ -650,8 +573,7 @@ def main() -> int:
     }
     report["met"] = {name: measured[name] <= TARGETS[name] for name in TARGETS}
     print_table(report, measured)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.output, report)
     shown = args.output.relative_to(ROOT) if args.output.is_relative_to(ROOT) else args.output
     print(f"written to {shown}")
     if problems:
