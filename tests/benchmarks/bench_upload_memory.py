@@ -26,48 +26,36 @@ import time
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from common import TESTPROJECT, AppServer, gunicorn, peak_rss_kib, testproject_env
+
 MIB = 1024 * 1024
 TOKEN = "bench-upload-token-0123456789abcdef"
 
 
 def _peak_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmHWM")
+    peak = peak_rss_kib(pid)
+    if peak is None:
+        raise RuntimeError(f"no VmHWM for process {pid}")
+    return peak
 
 
 def _env(directory: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "testproject")]),
-        DJANGO_SETTINGS_MODULE="testproject.settings",
-        DATABASE_URL=f"sqlite:///{directory / 'db.sqlite3'}",
-        DEBUG="0",
-        ALLOWED_HOSTS="127.0.0.1",
-        SECRET_KEY="bench-upload-secret-key-0123456789abcdefghij",
-    )
-    return env
+    return testproject_env(f"sqlite:///{directory / 'db.sqlite3'}", ALLOWED_HOSTS="127.0.0.1")
 
 
 def _upload(directory: Path, env: dict[str, str], port: int, keyed: bool) -> dict[str, object]:
-    server = subprocess.Popen(
-        [
-            sys.executable, "-m", "gunicorn", "testproject.wsgi:application",
-            "--bind", f"127.0.0.1:{port}", "--workers", "1", "--timeout", "300",
-        ],
-        cwd=ROOT / "testproject", env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    server = AppServer(
+        "gunicorn",
+        gunicorn("testproject.wsgi:application", port, "--workers", "1", "--timeout", "300"),
+        port=port,
+        cwd=TESTPROJECT,
+        env=env,
+        quiet=True,
+    )
+    server.start()
     try:
-        deadline = time.monotonic() + 30
-        worker = None
-        while time.monotonic() < deadline and worker is None:
-            time.sleep(0.2)
-            children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
-            worker = int(children[0]) if children else None
-        if worker is None:
-            raise RuntimeError("gunicorn started no worker")
+        server.wait_until(lambda: bool(server.worker_pids()), timeout=30, interval=0.2)
+        worker = server.worker_pids()[0]
         time.sleep(1.0)  # the worker finishes loading the app
         before = _peak_kib(worker)
         headers = ["-H", f"Authorization: Token {TOKEN}"]
@@ -84,8 +72,7 @@ def _upload(directory: Path, env: dict[str, str], port: int, keyed: bool) -> dic
         body, status = done.stdout.rsplit("\n", 1)
         after = _peak_kib(worker)
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        server.stop()
     return {
         "keyed": keyed,
         "status": int(status),
@@ -108,7 +95,7 @@ def main() -> None:
             for _ in range(args.mib):
                 out.write(os.urandom(MIB))
         env = _env(directory)
-        manage = [sys.executable, str(ROOT / "testproject" / "manage.py")]
+        manage = [sys.executable, str(TESTPROJECT / "manage.py")]
         subprocess.run([*manage, "migrate", "-v", "0"], env=env, check=True)
         subprocess.run(
             [*manage, "setup_demo", "--token", TOKEN], env={**env, "DEBUG": "1"},
