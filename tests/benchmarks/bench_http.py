@@ -8,8 +8,9 @@ that has requirements/bench.txt and this app installed::
 
 What it does, in one run:
 
-1. starts a throwaway PostgreSQL 15 (``scripts/pg``) and gives every variant a database
-   of its own, migrated with that variant's settings module (tests/benchmarks/benchproject);
+1. starts a throwaway PostgreSQL 15 (``scripts/pg``), unless ``--url`` names a server,
+   and gives every variant a database of its own there, migrated with that variant's
+   settings module (tests/benchmarks/benchproject);
 2. serves each variant with gunicorn (4 sync workers, ``--preload``) on 127.0.0.1;
 3. checks that each variant does what it claims: a request with a key, then the same
    request again, must be a replay (same status and body, one row created);
@@ -26,7 +27,6 @@ What it does, in one run:
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import os
 import platform
@@ -43,28 +43,33 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-ROOT = Path(__file__).resolve().parents[2]
-BENCH_DIR = ROOT / "tests" / "benchmarks"
-WRK_DIR = BENCH_DIR / "wrk"
-DEFAULT_OUTPUT = BENCH_DIR / "results" / "http.json"
-
-sys.path.insert(0, str(ROOT))
-from report import STEP_HEADER, step_cells  # noqa: E402
-
-from tests.stress.harness import (  # noqa: E402
-    Cluster,
-    Reply,
-    child_pids,
+from common import (
+    BENCH_DIR,
+    RESULTS,
+    ROOT,
+    AppServer,
+    create_database,
+    drop_database,
     free_port,
-    gunicorn_command,
-    send,
-    stop_process_group,
-    tail,
+    load_average,
+    machine,
+    peak_rss_kib,
+    postgres_connect,
+    postgres_server,
+    utc_iso,
+    version,
+    write_json,
 )
+from report import STEP_HEADER, step_cells
+
+from tests.stress.harness import Reply, gunicorn_command, send
+
+WRK_DIR = BENCH_DIR / "wrk"
+DEFAULT_OUTPUT = RESULTS / "http.json"
 
 TOKEN = "bench-token-0123456789abcdef0123456789ab"
 BODY = b'{"name":"widget","quantity":2,"price":"9.99"}'  # as in wrk/common.lua
@@ -282,89 +287,72 @@ def django_admin(settings_module: str, database_url: str, *args: str) -> None:
         )
 
 
-class Server:
+class Server(AppServer):
     """The bench project under gunicorn, in its own process group."""
 
     def __init__(self, variant: Variant, database_url: str, log_dir: Path) -> None:
-        self.variant = variant
-        self.database_url = database_url
-        self.port = free_port()
-        self.log_path = log_dir / f"gunicorn-{variant.name}.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            gunicorn_command("benchproject.wsgi:application", self.port, WORKERS),
+        port = free_port()
+        super().__init__(
+            f"gunicorn for {variant.name}",
+            gunicorn_command("benchproject.wsgi:application", port, WORKERS),
+            port=port,
             cwd=BENCH_DIR,
-            env=django_env(self.variant.integration.settings, self.database_url),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            env=django_env(variant.integration.settings, database_url),
+            log=log_dir / f"gunicorn-{variant.name}.log",
         )
-        log.close()
+        self.variant = variant
 
-    def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process is None or self.process.poll() is not None:
-                raise SystemExit(f"gunicorn for {self.variant.name} exited:\n{self.log_tail()}")
+    def wait_serving(self, timeout: float = 60) -> None:
+        """Until ``/ping/`` answers and every worker is up."""
+
+        def serving() -> bool:
             reply = send(self.port, "GET", "/ping/", timeout=2)
-            if reply.status == 200 and len(self.worker_pids()) >= WORKERS:
-                return
-            time.sleep(0.1)
-        raise SystemExit(f"gunicorn for {self.variant.name} not ready:\n{self.log_tail()}")
+            return reply.status == 200 and len(self.worker_pids()) >= WORKERS
 
-    def worker_pids(self) -> list[int]:
-        return child_pids(self.process)
+        self.wait_until(serving, timeout=timeout, interval=0.1)
 
     def peak_rss_mib(self) -> list[float]:
         """VmHWM of each worker, in MiB."""
-        peaks = []
-        for pid in self.worker_pids():
-            try:
-                status = Path(f"/proc/{pid}/status").read_text()
-            except OSError:
-                continue
-            match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
-            if match:
-                peaks.append(int(match.group(1)) / 1024)
-        return peaks
-
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        stop_process_group(process)
-
-    def log_tail(self, lines: int = 30) -> str:
-        return tail(self.log_path, lines)
+        peaks = (peak_rss_kib(pid) for pid in self.worker_pids())
+        return [peak / 1024 for peak in peaks if peak is not None]
 
 
 class Databases:
-    """A database per variant on the throwaway cluster, cloned from one migrated
+    """A database per variant on the PostgreSQL server, cloned from one migrated
     template per settings module."""
 
-    def __init__(self, cluster: Cluster) -> None:
-        self.cluster = cluster
+    def __init__(self, server_url: str) -> None:
+        self.server_url = server_url
         self.templates: set[str] = set()
+        self.created: list[str] = []
+
+    def _create(self, name: str, template: str | None = None) -> str:
+        url = create_database(self.server_url, name, template=template)
+        self.created.append(name)
+        return url
 
     def create(self, variant: Variant) -> str:
         settings_module = variant.integration.settings
         template = f"tpl_{settings_module}"
         if settings_module not in self.templates:
-            database = self.cluster.create_database(template)
-            django_admin(settings_module, database.url, "migrate", "--noinput", "-v", "0")
+            url = self._create(template)
+            django_admin(settings_module, url, "migrate", "--noinput", "-v", "0")
             if settings_module == "django_idempotency_key":
-                django_admin(settings_module, database.url, "createcachetable", "-v", "0")
-            django_admin(settings_module, database.url, "bench_setup", "--token", TOKEN)
+                django_admin(settings_module, url, "createcachetable", "-v", "0")
+            django_admin(settings_module, url, "bench_setup", "--token", TOKEN)
             self.templates.add(settings_module)
         name = "v_" + re.sub(r"[^a-z0-9]+", "_", variant.name)
-        return self.cluster.create_database(name, template=template).url
+        return self._create(name, template=template)
+
+    def drop(self) -> None:
+        """Drop every database made here (clones first, then their templates)."""
+        for name in reversed(self.created):
+            drop_database(self.server_url, name)
+        self.created.clear()
 
     def query(self, url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        name = url.rsplit("/", 1)[1]
-        with self.cluster.connect(name) as conn:
-            return conn.execute(sql, params).fetchall()
+        with postgres_connect(url) as conn:
+            return conn.execute(sql, params).fetchall()  # type: ignore[no-any-return]
 
 
 def items(databases: Databases, url: str) -> int:
@@ -545,53 +533,23 @@ def concurrent_duplicates(
 # --------------------------------------------------------------- machine, versions
 
 
-def machine() -> dict[str, Any]:
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    memory = None
-    try:
-        match = re.search(r"^MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.M)
-        memory = round(int(match.group(1)) / 1024 / 1024, 1) if match else None
-    except OSError:
-        pass
-    return {
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "memory_gib": memory,
-    }
-
-
-def _version(distribution: str) -> str | None:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def versions(cluster: Cluster) -> dict[str, Any]:
-    with cluster.connect() as conn:
+def versions(server_url: str) -> dict[str, Any]:
+    with postgres_connect(server_url) as conn:
         postgres = conn.execute("SHOW server_version").fetchone()[0]
     probe = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
     wrk_line = (probe.stdout + probe.stderr).strip().splitlines()
     found: dict[str, Any] = {
         "python": platform.python_version(),
-        "django": _version("Django"),
-        "djangorestframework": _version("djangorestframework"),
+        "django": version("Django"),
+        "djangorestframework": version("djangorestframework"),
         "postgresql": postgres,
-        "psycopg": _version("psycopg"),
-        "gunicorn": _version("gunicorn"),
+        "psycopg": version("psycopg"),
+        "gunicorn": version("gunicorn"),
         "wrk": wrk_line[0].split(" Copyright")[0] if wrk_line else None,
     }
     for integration in INTEGRATIONS.values():
         if integration.package:
-            found[integration.package] = _version(integration.package)
+            found[integration.package] = version(integration.package)
     return found
 
 
@@ -747,64 +705,18 @@ def steps_table(steps: list[dict[str, Any]]) -> str:
 # ------------------------------------------------------------------------- main
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=None, help="rounds (default 3)")
-    parser.add_argument(
-        "--duration", type=int, default=None, help="seconds of load per run (default 8)"
-    )
-    parser.add_argument(
-        "--variants",
-        default="",
-        help="comma-separated subset of: " + ", ".join(VARIANTS) + " (the baseline is always in)",
-    )
-    parser.add_argument("--quick", action="store_true", help="1 round of 3 s: for development")
-    parser.add_argument("--seed", type=int, default=None, help="seed of the run order")
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
-    args = parser.parse_args(argv)
-    args.rounds = args.rounds or (1 if args.quick else 3)
-    args.duration = args.duration or (3 if args.quick else 8)
-    if args.rounds < 1 or args.duration < 1:
-        parser.error("--rounds and --duration must be at least 1")
-    names = [name.strip() for name in args.variants.split(",") if name.strip()]
-    unknown = [name for name in names if name not in VARIANTS]
-    if unknown:
-        parser.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
-    chosen = {"baseline", *names} if names else set(VARIANTS)
-    args.chosen = [variant for name, variant in VARIANTS.items() if name in chosen]
-    if args.seed is None:
-        args.seed = random.SystemRandom().randrange(2**31)
-    return args
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if shutil.which("wrk") is None:
-        raise SystemExit("wrk not found: apt-get install wrk (scripts/bench does it as root)")
-    started = time.monotonic()
-    load_at_start = round(os.getloadavg()[0], 2)
-    variants: list[Variant] = args.chosen
-    runs = [Run(variant, endpoint) for variant in variants for endpoint in variant.endpoints]
-    load_seconds = args.rounds * len(runs) * (args.duration + WARMUP_SECONDS + 0.3)
-    settings_modules = {variant.integration.settings for variant in variants}
-    setup_seconds = 15 + 6 * len(settings_modules) + 2 * len(variants)
-    check_seconds = 3 * len(runs)
-    estimate = load_seconds + setup_seconds + check_seconds
-    say(
-        f"{len(variants)} variants, {len(runs)} runs x {args.rounds} rounds x "
-        f"({args.duration} s + {WARMUP_SECONDS} s warm-up); wrk -t{WRK_THREADS} "
-        f"-c{WRK_CONNECTIONS}; gunicorn {WORKERS} sync workers; seed {args.seed}"
-    )
-    say(f"expected total time: about {estimate / 60:.1f} min")
-
-    pg_dir = Path(tempfile.mkdtemp(prefix="django-idempotency-bench-http.", dir="/tmp"))
-    log_dir = Path(tempfile.mkdtemp(prefix="django-idempotency-bench-logs.", dir="/tmp"))
-    cluster = Cluster(pg_dir, free_port())
+def measure(
+    args: argparse.Namespace,
+    variants: list[Variant],
+    runs: list[Run],
+    server_url: str,
+    log_dir: Path,
+) -> tuple[dict[str, list[float]], dict[tuple[str, str], dict[str, Any]], dict[str, Any]]:
+    """Everything measured on the server of ``server_url``: fills in ``runs``; returns
+    the workers' peak RSS, the concurrent duplicates and the versions."""
     servers: dict[str, Server] = {}
+    databases = Databases(server_url)
     try:
-        say(f"starting PostgreSQL 15 on 127.0.0.1:{cluster.port}")
-        cluster.start()
-        databases = Databases(cluster)
         urls: dict[str, str] = {}
         say("creating and migrating a database per variant")
         for variant in variants:
@@ -814,7 +726,7 @@ def main(argv: list[str] | None = None) -> int:
             servers[variant.name] = Server(variant, urls[variant.name], log_dir)
             servers[variant.name].start()
         for server in servers.values():
-            server.wait_ready()
+            server.wait_serving()
 
         say("checking that each variant replays (the baseline must not)")
         for run in runs:
@@ -869,21 +781,96 @@ def main(argv: list[str] | None = None) -> int:
                 )
 
         rss = {name: server.peak_rss_mib() for name, server in servers.items()}
-        found_versions = versions(cluster)
+        found_versions = versions(server_url)
     finally:
         for server in servers.values():
             server.stop()
-        try:
-            cluster.destroy()
-        except Exception as exc:
-            print(f"could not stop PostgreSQL in {pg_dir}: {exc}", file=sys.stderr)
+        if args.url:  # a throwaway server goes with its databases
+            try:
+                databases.drop()
+            except Exception as exc:
+                print(f"could not drop the benchmark's databases: {exc}", file=sys.stderr)
+    return rss, duplicates, found_versions
 
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=None, help="rounds (default 3)")
+    parser.add_argument(
+        "--duration", type=int, default=None, help="seconds of load per run (default 8)"
+    )
+    parser.add_argument(
+        "--variants",
+        default="",
+        help="comma-separated subset of: " + ", ".join(VARIANTS) + " (the baseline is always in)",
+    )
+    parser.add_argument("--quick", action="store_true", help="1 round of 3 s: for development")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the run order")
+    parser.add_argument(
+        "--url",
+        default=None,
+        help="PostgreSQL server URL (a database per variant is created there, and dropped "
+        "after); default: a throwaway PostgreSQL 15 started with scripts/pg",
+    )
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    args = parser.parse_args(argv)
+    args.rounds = args.rounds or (1 if args.quick else 3)
+    args.duration = args.duration or (3 if args.quick else 8)
+    if args.rounds < 1 or args.duration < 1:
+        parser.error("--rounds and --duration must be at least 1")
+    names = [name.strip() for name in args.variants.split(",") if name.strip()]
+    unknown = [name for name in names if name not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+    chosen = {"baseline", *names} if names else set(VARIANTS)
+    args.chosen = [variant for name, variant in VARIANTS.items() if name in chosen]
+    if args.seed is None:
+        args.seed = random.SystemRandom().randrange(2**31)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk not found: apt-get install wrk (scripts/bench does it as root)")
+    started = time.monotonic()
+    load_at_start = round(load_average(), 2)
+    variants: list[Variant] = args.chosen
+    runs = [Run(variant, endpoint) for variant in variants for endpoint in variant.endpoints]
+    load_seconds = args.rounds * len(runs) * (args.duration + WARMUP_SECONDS + 0.3)
+    settings_modules = {variant.integration.settings for variant in variants}
+    setup_seconds = 15 + 6 * len(settings_modules) + 2 * len(variants)
+    check_seconds = 3 * len(runs)
+    estimate = load_seconds + setup_seconds + check_seconds
+    say(
+        f"{len(variants)} variants, {len(runs)} runs x {args.rounds} rounds x "
+        f"({args.duration} s + {WARMUP_SECONDS} s warm-up); wrk -t{WRK_THREADS} "
+        f"-c{WRK_CONNECTIONS}; gunicorn {WORKERS} sync workers; seed {args.seed}"
+    )
+    say(f"expected total time: about {estimate / 60:.1f} min")
+
+    log_dir = Path(tempfile.mkdtemp(prefix="django-idempotency-bench-logs.", dir="/tmp"))
+    where = urlsplit(args.url) if args.url else None
+    say(
+        f"using PostgreSQL on {where.hostname}:{where.port}"
+        if where
+        else "starting PostgreSQL 15 (scripts/pg)"
+    )
+    measured = None
+    try:
+        with postgres_server(args.url) as server_url:
+            measured = measure(args, variants, runs, server_url, log_dir)
+    except Exception as exc:
+        if measured is None:
+            raise
+        print(f"could not stop PostgreSQL: {exc}", file=sys.stderr)
+    rss, duplicates, found_versions = measured
     rows = [summarise(run, rss, duplicates) for run in runs]
     elapsed = time.monotonic() - started
     result = {
         "benchmark": "http",
-        "date": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
-        "machine": {**machine(), "load_average": [load_at_start, round(os.getloadavg()[0], 2)]},
+        "date": utc_iso(),
+        "machine": {**machine(), "load_average": [load_at_start, round(load_average(), 2)]},
         "versions": found_versions,
         "parameters": {
             "rounds": args.rounds,
@@ -891,7 +878,8 @@ def main(argv: list[str] | None = None) -> int:
             "warmup_s": WARMUP_SECONDS,
             "wrk": f"-t{WRK_THREADS} -c{WRK_CONNECTIONS} --latency",
             "server": f"gunicorn --workers {WORKERS} --worker-class sync --preload",
-            "database": "PostgreSQL on 127.0.0.1, one database per variant, CONN_MAX_AGE=600",
+            "database": f"PostgreSQL on {where.hostname if where else '127.0.0.1'}, one "
+            "database per variant, CONN_MAX_AGE=600",
             "seed": args.seed,
             "statistic": "median over rounds (non_2xx, socket_errors and requests: sums)",
             "queries": (
@@ -905,8 +893,7 @@ def main(argv: list[str] | None = None) -> int:
         "variants": rows,
         "skipped_steps": skipped_steps(rows),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.output, result)
     shutil.rmtree(log_dir, ignore_errors=True)
     print()
     print(table(rows))
