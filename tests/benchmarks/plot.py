@@ -16,15 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+from common import DOCS_STATIC, RESULTS
 
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 from matplotlib.patches import Patch
 
-ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_INPUT = ROOT / "tests" / "benchmarks" / "results" / "http.json"
-DEFAULT_OUTPUT = ROOT / "docs" / "_static" / "benchmarks-http.png"
+DEFAULT_INPUT = RESULTS / "http.json"
+DEFAULT_OUTPUT = DOCS_STATIC / "benchmarks-http.png"
 
 COLOURS = {"none": "#9e9e9e", "first": "#4c72b0", "replay": "#55a868"}
 LABELS = {"none": "no idempotency", "first": "first requests", "replay": "replays"}

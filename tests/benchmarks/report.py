@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
-DOCS_STATIC = HERE.parents[1] / "docs" / "_static"
+from common import DOCS_STATIC, RESULTS, ROOT
 
 #: What an alternative skips that makes it cheaper, as the benchmark observed it.
 SKIPS = {
@@ -183,7 +180,7 @@ def memory_section(data: dict[str, Any]) -> list[str]:
     return intro + _table(header, rows)
 
 
-README = HERE.parents[1] / "README.md"
+README = ROOT / "README.md"
 README_START = "<!-- benchmark summary: written by tests/benchmarks/report.py -->"
 README_END = "<!-- end of benchmark summary -->"
 
