@@ -436,7 +436,8 @@ def run_json(
         check=False,
     )
     if done.returncode != 0:
-        raise SystemExit(f"{what} failed ({done.returncode})" + f":\n{done.stderr or ''}")
+        shown = f":\n{done.stderr}" if done.stderr else ""
+        raise SystemExit(f"{what} failed ({done.returncode}){shown}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
