@@ -1,15 +1,7 @@
 import importlib
-import importlib.util
 
-from django.apps import AppConfig
+from django.apps import AppConfig, apps
 from django.utils.translation import gettext_lazy as _
-
-
-def _installed(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
 
 
 class IdempotencyConfig(AppConfig):
@@ -23,6 +15,7 @@ class IdempotencyConfig(AppConfig):
         # Connects the setting_changed receiver.
         from idempotency import conf  # noqa: F401
 
-        # drf-spectacular registers an extension when its class is created.
-        if _installed("drf_spectacular") and _installed("rest_framework"):
+        # drf-spectacular registers an extension when its class is created: only for
+        # a project that uses drf-spectacular, not one where it is merely importable.
+        if apps.is_installed("drf_spectacular"):
             importlib.import_module("idempotency.openapi")

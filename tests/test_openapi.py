@@ -919,20 +919,22 @@ def test_testproject_orders_of_the_schema_validate(item: str, amount: str) -> No
 
 
 # -- loading ----------------------------------------------------------------------------
-# -- loading ----------------------------------------------------------------------------
+
+BASE_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "idempotency"]
 
 
-def run_setup(blocked: list[str]) -> str:
-    """Set Django up in a fresh interpreter where ``blocked`` modules cannot be imported."""
+def run_setup(apps: list[str], blocked: tuple[str, ...] = ()) -> str:
+    """Set Django up with ``apps`` in ``INSTALLED_APPS``, in a fresh interpreter where
+    ``blocked`` modules cannot be imported."""
     script = textwrap.dedent(
         f"""
         import sys
-        for name in {blocked!r}:
+        for name in {list(blocked)!r}:
             sys.modules[name] = None
         import django
         from django.conf import settings
         settings.configure(
-            INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth", "idempotency"],
+            INSTALLED_APPS={apps!r},
             DATABASES={{"default": {{"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}}},
         )
         django.setup()
@@ -949,17 +951,21 @@ def run_setup(blocked: list[str]) -> str:
     return done.stdout.strip()
 
 
-def test_loaded_when_drf_spectacular_is_installed() -> None:
-    assert run_setup([]) == "openapi"
-    assert IdempotencyViewExtension in OpenApiViewExtension._registry
+def test_loaded_when_drf_spectacular_is_an_installed_app() -> None:
+    assert run_setup([*BASE_APPS, "rest_framework", "drf_spectacular"]) == "openapi"
+
+
+def test_not_loaded_when_drf_spectacular_is_only_importable() -> None:
+    assert run_setup([*BASE_APPS, "rest_framework"]) == "no openapi"
+    assert run_setup(BASE_APPS) == "no openapi"
 
 
 def test_not_loaded_without_drf_spectacular() -> None:
-    assert run_setup(["drf_spectacular"]) == "no openapi"
+    assert run_setup(BASE_APPS, ("drf_spectacular",)) == "no openapi"
 
 
 def test_not_loaded_without_rest_framework() -> None:
-    assert run_setup(["rest_framework", "drf_spectacular"]) == "no openapi"
+    assert run_setup(BASE_APPS, ("rest_framework", "drf_spectacular")) == "no openapi"
 
 
 def test_the_views_schema_instance_is_kept() -> None:
