@@ -1,47 +1,46 @@
 """OpenAPI schemas with drf-spectacular for views that use :class:`IdempotencyMixin`.
 
-Loaded by the app's ``ready()`` when drf-spectacular is installed; importing it
-registers :class:`IdempotencyViewExtension`. Each operation of a view with the
-mixin that the mixin protects (its method is in ``METHODS``, neither the view
-nor the action is exempt) gets:
+Loaded by the app's ``ready()`` when ``drf_spectacular`` is in ``INSTALLED_APPS``;
+importing it registers two drf-spectacular extensions:
+:class:`IdempotencyViewExtension`, and the one that describes the
+``IdempotencyProblem`` component. Each operation that the mixin protects (its
+method is in ``METHODS``, neither the view nor the action is exempt) gets:
 
 - the key header (``HEADER``), required where the view requires a key;
 - the problem responses the app can answer (400, ``MISMATCH_STATUS``, 409, 413,
-  503), ``application/problem+json`` with the ``IdempotencyProblem`` schema,
-  and ``Retry-After`` where a problem can carry it;
+  500, 503), ``application/problem+json`` with the ``IdempotencyProblem``
+  schema, and ``Retry-After`` where a problem can carry it;
 - the ``Idempotent-Replayed`` header on the responses the view declares.
 
-Views protected by the middleware have no mixin to look at: add the header
-with :func:`idempotency_key_parameter`, or everything with a schema class that
-has :class:`IdempotencySchemaMixin` in front.
+The view extension gives these to the operations the view's own schema builds.
+An operation whose method carries a schema class of its own (``@extend_schema``
+on the method, ``@extend_schema_view``, ``@action(schema=...)``) is built by
+that class instead; it gets them when the view's schema class has
+:class:`IdempotencySchemaMixin` in front (:class:`IdempotencyAutoSchema`, which
+``DEFAULT_SCHEMA_CLASS`` may name). Views protected by the middleware have no
+mixin to look at: add the header with :func:`idempotency_key_parameter`, or
+everything with a schema class that has :class:`IdempotencySchemaMixin` in
+front.
 """
 
 from __future__ import annotations
 
 import copy
-import functools
-import inspect
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
-from drf_spectacular.extensions import OpenApiViewExtension
-from drf_spectacular.plumbing import (
-    ComponentIdentity,
-    ComponentRegistry,
-    ResolvedComponent,
-    build_parameter_type,
-    get_class,
-)
+from drf_spectacular.extensions import OpenApiSerializerExtension, OpenApiViewExtension
+from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import OpenApiParameter
-from rest_framework import viewsets
+from rest_framework import serializers, viewsets
 
 from idempotency.conf import Resolved, idempotency_settings
 from idempotency.decorators import exempts
 from idempotency.engine import REPLAYED_HEADER
 from idempotency.problems import CONTENT_TYPE
+from idempotency.rest_framework import IdempotencyMixin
 
 if TYPE_CHECKING:
-    from drf_spectacular.openapi import AutoSchema
+    from drf_spectacular.plumbing import ComponentRegistry
     from rest_framework.views import APIView
 
     _SchemaBase = AutoSchema
@@ -50,6 +49,7 @@ else:
 
 __all__ = [
     "PROBLEM_COMPONENT",
+    "IdempotencyAutoSchema",
     "IdempotencySchemaMixin",
     "IdempotencyViewExtension",
     "idempotency_key_parameter",
@@ -177,15 +177,20 @@ def _problem_schema() -> dict[str, Any]:
     }
 
 
-def _problem_ref(registry: ComponentRegistry) -> dict[str, str]:
-    component = ResolvedComponent(  # type: ignore[no-untyped-call]
-        name=PROBLEM_COMPONENT,
-        type=ResolvedComponent.SCHEMA,
-        schema=_problem_schema(),
-        object=ComponentIdentity(PROBLEM_COMPONENT),  # type: ignore[no-untyped-call]
-    )
-    registry.register_on_missing(component)
-    return registry[component].ref
+class _Problem(serializers.Serializer):
+    """A problem details document of the app, as ``_ProblemExtension`` describes it."""
+
+
+class _ProblemExtension(OpenApiSerializerExtension):  # type: ignore[no-untyped-call]
+    """The ``IdempotencyProblem`` component, the schema of :class:`_Problem`."""
+
+    target_class = _Problem
+
+    def get_name(self, auto_schema: AutoSchema, direction: str) -> str:
+        return PROBLEM_COMPONENT
+
+    def map_serializer(self, auto_schema: AutoSchema, direction: str) -> dict[str, Any]:
+        return _problem_schema()
 
 
 def _problem_codes(settings: Resolved, required: bool) -> dict[int, list[str]]:
@@ -289,14 +294,101 @@ def _handler_name(view: Any, method: str) -> str:
     return str(action or method.lower())
 
 
+def _key_header(settings: Resolved, required: bool) -> dict[str, Any]:
+    """The key header as an operation's parameter, as drf-spectacular writes them."""
+    parameter: dict[str, Any] = {
+        "in": OpenApiParameter.HEADER,
+        "name": settings.header,
+        "schema": _key_schema(settings),
+        "description": _key_description(settings),
+    }
+    if required:
+        parameter["required"] = True
+    return parameter
+
+
+def _key_excluded(schema: AutoSchema, settings: Resolved) -> bool:
+    """True when ``@extend_schema`` excluded the key header from the operation."""
+    return any(
+        isinstance(p, OpenApiParameter)
+        and p.exclude
+        and p.location == OpenApiParameter.HEADER
+        and p.name.lower() == settings.header.lower()
+        for p in schema.get_override_parameters()
+    )
+
+
+def _document(schema: AutoSchema, operation: dict[str, Any], method: str) -> None:
+    """Adds what the mixin does to ``operation``, which ``schema`` has just built."""
+    view: Any = schema.view
+    settings = idempotency_settings.get()
+    if method.upper() not in settings.methods or exempts(view, _handler_name(view, method)):
+        return
+
+    required = getattr(view, "idempotency_required", None)
+    if required is None:
+        required = settings.required
+    get_options = getattr(view, "get_idempotency_options", None)
+    # A key_func (or get_idempotency_key) replaces the header as the key's source.
+    reads_header = get_options is None or get_options().key_func is None
+    if reads_header and not _key_excluded(schema, settings):
+        parameters = operation.get("parameters", [])
+        if not any(
+            p.get("in") == "header" and p.get("name", "").lower() == settings.header.lower()
+            for p in parameters
+        ):
+            _add_parameter(operation, _key_header(settings, required))
+
+    responses: dict[str, Any] = operation.setdefault("responses", {})
+    for status, response in responses.items():
+        # A $ref response lives in components: not this operation's to change.
+        if "$ref" in response or not status.isdigit():
+            continue
+        if int(status) not in settings.non_storable:
+            headers = response.setdefault("headers", {})
+            if not _has(headers, REPLAYED_HEADER):
+                headers[REPLAYED_HEADER] = _replayed_header()
+
+    ref = schema.resolve_serializer(_Problem, "response").ref
+    for status_code, codes in _problem_codes(settings, required).items():
+        ours = _problem_response(status_code, codes, ref)
+        existing = responses.get(str(status_code))
+        if existing is None:
+            covering = _covering(responses, status_code)
+            if covering is None:
+                responses[str(status_code)] = ours
+                continue
+            if "$ref" in covering:
+                # An exact status would take the shared response's place.
+                continue
+            # An exact status takes precedence over 4XX or default: it keeps
+            # what they say and adds ours.
+            existing = copy.deepcopy(covering)
+            existing["description"] = " ".join(
+                filter(None, [covering.get("description", ""), ours["description"]])
+            )
+            if status_code not in settings.non_storable:
+                existing.setdefault("headers", {})[REPLAYED_HEADER] = _replayed_header()
+            responses[str(status_code)] = existing
+        if "$ref" in existing:
+            continue
+        existing.setdefault("content", {}).setdefault(CONTENT_TYPE, ours["content"][CONTENT_TYPE])
+        for name, header in ours.get("headers", {}).items():
+            headers = existing.setdefault("headers", {})
+            if not _has(headers, name):
+                headers[name] = header
+    operation["responses"] = dict(sorted(responses.items(), key=_status_order))
+
+
 class IdempotencySchemaMixin(_SchemaBase):
     """Adds what the mixin does to an operation, after the base schema built it.
 
-    :class:`IdempotencyViewExtension` puts it in front of the view's own schema
-    class (``DEFAULT_SCHEMA_CLASS``, a custom ``AutoSchema``, or the classes
-    ``@extend_schema`` makes), so their results are kept and only added to.
-    On a DRF view without the mixin, ``class Schema(IdempotencySchemaMixin,
-    AutoSchema)`` documents what the middleware does, with the settings' defaults.
+    In front of drf-spectacular's ``AutoSchema`` or of a subclass of it:
+    ``class Schema(IdempotencySchemaMixin, AutoSchema)``. On a view with
+    :class:`IdempotencyMixin` it documents the view as the mixin protects it,
+    the operations of methods with their own ``@extend_schema`` included. On a
+    DRF view without the mixin it documents what the middleware does, with the
+    settings' defaults.
     """
 
     def get_operation(
@@ -308,146 +400,62 @@ class IdempotencySchemaMixin(_SchemaBase):
         registry: ComponentRegistry,
     ) -> dict[str, Any] | None:
         operation = super().get_operation(path, path_regex, path_prefix, method, registry)
-        if not operation:
-            return operation
-        view: Any = self.view
-        settings = idempotency_settings.get()
-        if method.upper() not in settings.methods or exempts(view, _handler_name(view, method)):
-            return operation
-
-        required = getattr(view, "idempotency_required", None)
-        if required is None:
-            required = settings.required
-        get_options = getattr(view, "get_idempotency_options", None)
-        # A key_func (or get_idempotency_key) replaces the header as the key's source.
-        reads_header = get_options is None or get_options().key_func is None
-        if reads_header and not self._idempotency_key_excluded(settings):
-            parameters = operation.get("parameters", [])
-            if not any(
-                p.get("in") == "header" and p.get("name", "").lower() == settings.header.lower()
-                for p in parameters
-            ):
-                _add_parameter(
-                    operation,
-                    build_parameter_type(
-                        name=settings.header,
-                        schema=_key_schema(settings),
-                        location=OpenApiParameter.HEADER,
-                        required=required,
-                        description=_key_description(settings),
-                    ),
-                )
-
-        responses: dict[str, Any] = operation.setdefault("responses", {})
-        for status, response in responses.items():
-            # A $ref response lives in components: not this operation's to change.
-            if "$ref" in response or not status.isdigit():
-                continue
-            if int(status) not in settings.non_storable:
-                headers = response.setdefault("headers", {})
-                if not _has(headers, REPLAYED_HEADER):
-                    headers[REPLAYED_HEADER] = _replayed_header()
-
-        ref = _problem_ref(registry)
-        for status_code, codes in _problem_codes(settings, required).items():
-            ours = _problem_response(status_code, codes, ref)
-            existing = responses.get(str(status_code))
-            if existing is None:
-                covering = _covering(responses, status_code)
-                if covering is None:
-                    responses[str(status_code)] = ours
-                    continue
-                if "$ref" in covering:
-                    # An exact status would take the shared response's place.
-                    continue
-                # An exact status takes precedence over 4XX or default: it keeps
-                # what they say and adds ours.
-                existing = copy.deepcopy(covering)
-                existing["description"] = " ".join(
-                    filter(None, [covering.get("description", ""), ours["description"]])
-                )
-                if status_code not in settings.non_storable:
-                    existing.setdefault("headers", {})[REPLAYED_HEADER] = _replayed_header()
-                responses[str(status_code)] = existing
-            if "$ref" in existing:
-                continue
-            existing.setdefault("content", {}).setdefault(
-                CONTENT_TYPE, ours["content"][CONTENT_TYPE]
-            )
-            for name, header in ours.get("headers", {}).items():
-                headers = existing.setdefault("headers", {})
-                if not _has(headers, name):
-                    headers[name] = header
-        operation["responses"] = dict(sorted(responses.items(), key=_status_order))
+        if operation and self._documents_idempotency():
+            _document(self, operation, method)
         return operation
 
-    def _idempotency_key_excluded(self, settings: Resolved) -> bool:
-        """True when ``@extend_schema`` excluded the key header from this operation."""
-        return any(
-            isinstance(p, OpenApiParameter)
-            and p.exclude
-            and p.location == OpenApiParameter.HEADER
-            and p.name.lower() == settings.header.lower()
-            for p in self.get_override_parameters()
-        )
+    def _documents_idempotency(self) -> bool:
+        return True
 
 
-def _with_idempotency(schema_class: type) -> type:
-    if issubclass(schema_class, IdempotencySchemaMixin):
-        return schema_class
-    return type(f"Idempotency{schema_class.__name__}", (IdempotencySchemaMixin, schema_class), {})
+class IdempotencyAutoSchema(IdempotencySchemaMixin, AutoSchema):
+    """drf-spectacular's ``AutoSchema`` with :class:`IdempotencySchemaMixin`, for the
+    views with :class:`IdempotencyMixin` only.
 
-
-def _method_with_schema(method: Callable[..., Any]) -> Callable[..., Any]:
-    """A copy of a view method whose ``kwargs["schema"]`` also has the mixin.
-
-    drf-spectacular puts the schema of an action-level ``@extend_schema`` (or
-    ``@action(schema=...)``) on the view in place of the class's, so that one
-    needs the mixin too.
+    Set it as ``DEFAULT_SCHEMA_CLASS``, or as the ``schema`` of a view with the
+    mixin: views without the mixin are left as ``AutoSchema`` builds them.
     """
-    kwargs: dict[str, Any] = getattr(method, "kwargs", {})
 
-    @functools.wraps(method)
-    def wrapper(*args: Any, **kw: Any) -> Any:
-        return method(*args, **kw)
-
-    wrapper.kwargs = {  # type: ignore[attr-defined]
-        **kwargs,
-        "schema": _with_idempotency(get_class(kwargs["schema"])),
-    }
-    return wrapper
+    def _documents_idempotency(self) -> bool:
+        return isinstance(self.view, IdempotencyMixin)
 
 
-def _methods_with_schemas(view_class: type) -> dict[str, Callable[..., Any]]:
-    found: dict[str, Callable[..., Any]] = {}
-    seen: set[str] = set()
-    for klass in view_class.__mro__:
-        for name, value in vars(klass).items():
-            if name in seen:
-                continue
-            seen.add(name)
-            kwargs = getattr(value, "kwargs", None)
-            if inspect.isfunction(value) and isinstance(kwargs, dict) and kwargs.get("schema"):
-                found[name] = _method_with_schema(value)
-    return found
+class _ViewSchema(AutoSchema):
+    """The schema of a view that :class:`IdempotencyViewExtension` replaced: the view's
+    own schema builds each operation, and the mixin's additions are made to it."""
 
+    def __init__(self, replacement: type[APIView]) -> None:
+        super().__init__()
+        self._replacement = replacement
 
-def _retyped(schema: Any, schema_class: type) -> Any:
-    """A copy of the view's schema instance with our class: what its constructor was
-    given (``AutoSchema(tags=[...])``) is kept."""
-    if isinstance(schema, type):
-        return schema_class()
-    copied = copy.copy(schema)
-    copied.__class__ = schema_class
-    return copied
+    def get_operation(
+        self,
+        path: str,
+        path_regex: str,
+        path_prefix: str,
+        method: str,
+        registry: ComponentRegistry,
+    ) -> dict[str, Any] | None:
+        # The schema the view's class gives its instances, bound to this view.
+        after_replacement: Any = super(self._replacement, self.view)
+        own: AutoSchema = after_replacement.schema
+        operation: dict[str, Any] | None = own.get_operation(
+            path, path_regex, path_prefix, method, registry
+        )
+        if operation:
+            _document(own, operation, method)
+        return operation
 
 
 class IdempotencyViewExtension(OpenApiViewExtension):  # type: ignore[no-untyped-call]
-    """Gives views with :class:`IdempotencyMixin` a schema with :class:`IdempotencySchemaMixin`.
+    """Documents the views with :class:`IdempotencyMixin` without a change to them.
 
-    Another view extension that matches the same view runs first and its view is
-    the one extended. To leave views out, register an extension with a higher
-    ``priority`` whose ``view_replacement()`` returns ``self.target``.
+    Replaces each such view, for the schema generation only, with a subclass whose
+    schema runs the view's own (``DEFAULT_SCHEMA_CLASS``, an ``AutoSchema`` subclass
+    set as the view's ``schema``, the class ``@extend_schema`` makes on the view)
+    and adds to what it built. A view whose schema already has
+    :class:`IdempotencySchemaMixin` is left as it is. drf-spectacular uses one view
+    extension for a view: one with a higher ``priority`` takes this one's place.
     """
 
     target_class = "idempotency.rest_framework.IdempotencyMixin"
@@ -455,28 +463,16 @@ class IdempotencyViewExtension(OpenApiViewExtension):  # type: ignore[no-untyped
     priority = 1
 
     def view_replacement(self) -> type[APIView]:
-        view_class: type[APIView] = self._other_replacement()
-        schema = view_class.schema
-        if schema is None:
+        view_class: type[APIView] = self.target
+        own = view_class.schema
+        if not isinstance(own, AutoSchema) or isinstance(own, IdempotencySchemaMixin):
             return view_class
-        # Warnings drf-spectacular prints point at the view's own source.
-        attrs: dict[str, Any] = {
-            "__module__": view_class.__module__,
-            "__qualname__": view_class.__qualname__,
-            "schema": _retyped(schema, _with_idempotency(get_class(schema))),
-            **_methods_with_schemas(view_class),
-        }
-        return cast("type[APIView]", type(view_class.__name__, (view_class,), attrs))
 
-    def _other_replacement(self) -> type[APIView]:
-        """The view of the next view extension that matches, else the view itself."""
-        # Recent drf-spectacular builds view extensions from the URL's callback
-        # (target_callback), older versions from its view class.
-        target = getattr(self, "target_callback", self.target)
-        others = sorted(OpenApiViewExtension._registry, key=lambda e: e.priority, reverse=True)
-        for extension in others:
-            if issubclass(extension, IdempotencyViewExtension):
-                continue
-            if extension._matches(self.target):
-                return extension(target).view_replacement()
-        return cast("type[APIView]", self.target)
+        class Documented(view_class):  # type: ignore[valid-type,misc]
+            # Warnings drf-spectacular prints point at the view's own source.
+            __module__ = view_class.__module__
+            __qualname__ = view_class.__qualname__
+
+        Documented.__name__ = view_class.__name__
+        Documented.schema = _ViewSchema(Documented)
+        return Documented

@@ -53,6 +53,7 @@ from idempotency.decorators import idempotency_exempt
 from idempotency.keys import InvalidKey, parse_header
 from idempotency.openapi import (
     PROBLEM_COMPONENT,
+    IdempotencyAutoSchema,
     IdempotencySchemaMixin,
     IdempotencyViewExtension,
     idempotency_key_parameter,
@@ -122,6 +123,9 @@ class ValidationErrorSerializer(serializers.Serializer):
 
 
 class DeclaredView(IdempotencyMixin, APIView):
+    # Its method has a schema class of its own: the view's has the schema mixin.
+    schema = IdempotencyAutoSchema()
+
     @extend_schema(
         request=OrderSerializer,
         responses={
@@ -137,6 +141,8 @@ class DeclaredView(IdempotencyMixin, APIView):
 
 
 class RangeView(IdempotencyMixin, APIView):
+    schema = IdempotencyAutoSchema()
+
     @extend_schema(
         request=OrderSerializer,
         responses={
@@ -153,9 +159,10 @@ class RangeView(IdempotencyMixin, APIView):
 class ClassDecoratedViewSet(IdempotencyMixin, viewsets.ModelViewSet):
     queryset = Order.objects.all()
     serializer_class = OrderSerializer
+    schema = IdempotencyAutoSchema()
 
 
-class TaggingSchema(AutoSchema):
+class TaggingSchema(IdempotencySchemaMixin, AutoSchema):
     def get_tags(self) -> list[str]:
         return ["own-schema"]
 
@@ -209,6 +216,7 @@ class KeyFromBodyView(IdempotencyMixin, generics.CreateAPIView):
 class OwnKeyParameterView(IdempotencyMixin, generics.CreateAPIView):
     queryset = Order.objects.all()
     serializer_class = OrderSerializer
+    schema = IdempotencyAutoSchema()
 
     @extend_schema(parameters=[idempotency_key_parameter(required=True)])
     def post(self, request: Request, *args: Any, **kwargs: Any) -> Response:
@@ -218,6 +226,7 @@ class OwnKeyParameterView(IdempotencyMixin, generics.CreateAPIView):
 class HiddenKeyView(IdempotencyMixin, generics.CreateAPIView):
     queryset = Order.objects.all()
     serializer_class = OrderSerializer
+    schema = IdempotencyAutoSchema()
 
     @extend_schema(parameters=[OpenApiParameter(KEY, str, OpenApiParameter.HEADER, exclude=True)])
     def post(self, request: Request, *args: Any, **kwargs: Any) -> Response:
@@ -252,9 +261,21 @@ class PlainView(generics.CreateAPIView):
     serializer_class = OrderSerializer
 
 
+class MethodSchemaViewSet(IdempotencyMixin, viewsets.ModelViewSet):
+    """A method with its own schema class, and no schema mixin on the view."""
+
+    queryset = Order.objects.all()
+    serializer_class = OrderSerializer
+
+    @extend_schema(summary="Create, with a schema class of its own")
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().create(request, *args, **kwargs)
+
+
 class ExtendedView(IdempotencyMixin, generics.CreateAPIView):
     queryset = Order.objects.all()
     serializer_class = OrderSerializer
+    schema = IdempotencyAutoSchema()
 
 
 class UndocumentedView(IdempotencyMixin, generics.CreateAPIView):
@@ -263,12 +284,17 @@ class UndocumentedView(IdempotencyMixin, generics.CreateAPIView):
 
 
 class ExtendedViewExtension(OpenApiViewExtension):
-    """A project's own view extension for a view with the mixin."""
+    """A project's own view extension for a view with the mixin, as docs/openapi.rst
+    gives it: it takes the place of IdempotencyViewExtension."""
 
     target_class = ExtendedView
+    priority = IdempotencyViewExtension.priority + 1
 
     def view_replacement(self) -> type[APIView]:
-        return extend_schema(tags=["from-extension"])(self.target)  # type: ignore[no-any-return]
+        class Tagged(self.target):  # type: ignore[name-defined,misc]
+            pass
+
+        return extend_schema(tags=["from-extension"])(Tagged)
 
 
 class LeaveOutExtension(OpenApiViewExtension):
@@ -286,6 +312,7 @@ router.register("orders", OrderViewSet, basename="order")
 router.register("required", RequiredViewSet, basename="required")
 router.register("optional", OptionalViewSet, basename="optional")
 router.register("class-decorated", ClassDecoratedViewSet, basename="class-decorated")
+router.register("method-schema", MethodSchemaViewSet, basename="method-schema")
 
 
 class TagSchema(AutoSchema):
@@ -738,13 +765,53 @@ def test_a_shared_response_is_left_alone() -> None:
     assert REPLAYED in op["responses"]["201"]["headers"]
 
 
+def callback(url: str) -> Any:
+    (found,) = [p.callback for p in urlpatterns if str(p.pattern) == url]
+    return found
+
+
 def test_replacement_points_at_the_views_source() -> None:
-    (callback,) = [p.callback for p in urlpatterns if str(p.pattern) == "declared/"]
-    replacement = type(SchemaGenerator().create_view(callback, "POST"))
-    assert replacement is not DeclaredView and issubclass(replacement, DeclaredView)
-    assert replacement.__name__ == replacement.__qualname__ == "DeclaredView"
+    replacement = type(SchemaGenerator().create_view(callback("tagged/"), "POST"))
+    assert replacement is not TaggedView and issubclass(replacement, TaggedView)
+    assert replacement.__name__ == replacement.__qualname__ == "TaggedView"
     assert inspect.getsourcefile(replacement) == __file__
-    assert isinstance(replacement.schema, IdempotencySchemaMixin)
+    assert replacement.schema is not TaggedView.schema
+
+
+def test_a_view_whose_schema_has_the_mixin_is_not_replaced() -> None:
+    assert type(SchemaGenerator().create_view(callback("hidden-key/"), "POST")) is HiddenKeyView
+    assert type(SchemaGenerator().create_view(callback("own-schema/"), "POST")) is OwnSchemaView
+
+
+def test_a_method_schema_needs_the_mixin_on_the_view() -> None:
+    """drf-spectacular builds the operation of a method with its own schema class from
+    that class and the view's: the extension's schema is not among them."""
+    schema = generate()
+    create = operation(schema, "/method-schema/", "post")
+    assert create["summary"] == "Create, with a schema class of its own"
+    assert key_parameter(create) is None
+    assert problem_statuses(create) == []
+    # The view's other operations are the view's schema's.
+    update = operation(schema, "/method-schema/{id}/", "put")
+    assert key_parameter(update) is not None
+    assert problem_statuses(update) == ["400", "409", "413", "500", "503"]
+
+
+def test_default_schema_class(settings: Any) -> None:
+    settings.REST_FRAMEWORK = {
+        **settings.REST_FRAMEWORK,
+        "DEFAULT_SCHEMA_CLASS": "idempotency.openapi.IdempotencyAutoSchema",
+    }
+    schema = generate()
+    op = operation(schema, "/orders/", "post")
+    assert key_parameter(op) is not None
+    assert problem_statuses(op) == ["400", "409", "413", "500", "503"]
+    assert codes(op, "400") == ["idempotency_key_invalid"]
+    # Views without the mixin are left as drf-spectacular builds them.
+    plain = operation(schema, "/plain/", "post")
+    assert key_parameter(plain) is None
+    assert problem_statuses(plain) == []
+    assert REPLAYED not in plain["responses"]["201"].get("headers", {})
 
 
 def test_another_view_extension_is_kept() -> None:
@@ -764,7 +831,8 @@ def test_a_higher_priority_extension_leaves_a_view_out() -> None:
 def test_view_classes_are_left_as_they_were() -> None:
     generate()
     assert not isinstance(OrderViewSet.schema, IdempotencySchemaMixin)
-    assert not isinstance(OwnSchemaView.schema, IdempotencySchemaMixin)
+    assert type(TaggedView.schema) is TagSchema
+    assert TaggedView.schema.fixed_tags == ["payments"]
     method_schema = DeclaredView.post.kwargs["schema"]  # type: ignore[attr-defined]
     assert not issubclass(method_schema, IdempotencySchemaMixin)
 
