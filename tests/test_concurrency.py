@@ -22,6 +22,7 @@ from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
 
 from idempotency.models import IdempotencyKey
+from tests.helpers import new_key
 
 pytestmark = [pytest.mark.urls(__name__), pytest.mark.django_db(transaction=True)]
 
@@ -105,7 +106,7 @@ def _hammer(keys: list[str]) -> tuple[Counter[str], dict[str, set[bytes]]]:
 
 
 def test_concurrent_duplicates_run_the_view_once() -> None:
-    keys = [str(uuid.uuid4()) for _ in range(KEYS)]
+    keys = [new_key() for _ in range(KEYS)]
     outcomes, bodies = _hammer(keys)
     assert Group.objects.count() == KEYS
     assert outcomes["ran"] == KEYS
@@ -116,7 +117,7 @@ def test_concurrent_duplicates_run_the_view_once() -> None:
 
 
 def test_concurrent_wait_turns_conflicts_into_replays() -> None:
-    keys = [str(uuid.uuid4()) for _ in range(KEYS)]
+    keys = [new_key() for _ in range(KEYS)]
     with override_settings(IDEMPOTENCY={"CONCURRENT_WAIT": 10}):
         outcomes, bodies = _hammer(keys)
     assert outcomes["locked"] == 0
@@ -128,7 +129,7 @@ def test_concurrent_wait_turns_conflicts_into_replays() -> None:
 
 def test_expired_lease_is_taken_over_and_only_one_commits() -> None:
     """A runs longer than LOCK_TIMEOUT; B takes the key over; both finish; one commits."""
-    key = str(uuid.uuid4())
+    key = new_key()
     results: dict[str, tuple[int, bytes, str | None]] = {}
 
     def send(name: str, sleep: float, delay: float) -> None:

@@ -24,7 +24,6 @@ from django.test import AsyncClient, Client
 from django.urls import include, path
 from django.utils import timezone
 from rest_framework import viewsets
-from rest_framework.authtoken.models import Token
 from rest_framework.routers import SimpleRouter
 from rest_framework.serializers import BaseSerializer
 from shop.models import Order, Payment
@@ -36,12 +35,10 @@ from idempotency.context import _activate
 from idempotency.decorators import idempotency_exempt, idempotent
 from idempotency.models import IdempotencyKey
 from idempotency.rest_framework import IdempotencyMixin
-from tests.clients import Send
+from tests.helpers import BODY, JSON, Send, idem, key_row, new_key, token_headers
 
 pytestmark = [pytest.mark.urls(__name__), pytest.mark.django_db]
 
-JSON = "application/json"
-BODY = b'{"amount": "12.50"}'
 OTHER_BODY = b'{"amount": "99.00"}'
 ORDER = b'{"item": "book", "quantity": 2, "amount": "12.50"}'
 WAIT = 30  # seconds; an upper bound for hand-offs between threads, never reached when green
@@ -231,21 +228,9 @@ def _clean_state() -> Iterator[None]:
     _activate(None)
 
 
-def new_key() -> str:
-    return str(uuid.uuid4())
-
-
-def idem(key: str, **more: str) -> dict[str, str]:
-    return {"Idempotency-Key": key, **more}
-
-
-def row(key: str) -> IdempotencyKey:
-    return IdempotencyKey.objects.get(key=key)
-
-
 def the_current(key: str) -> CurrentKey:
     """The CurrentKey a view running under ``key`` must see, read from the key's row."""
-    found = row(key)
+    found = key_row(key)
     return CurrentKey(found.key, found.scope, found.fingerprint)
 
 
@@ -263,11 +248,6 @@ def _running_row(key: str, url: str, fingerprint: str, *, lease: timedelta) -> I
         lease_expires_at=now + lease,
         expires_at=now + timedelta(hours=1),
     )
-
-
-def token_headers(user: User, **more: str) -> dict[str, str]:
-    token, _ = Token.objects.get_or_create(user=user)
-    return {"Authorization": f"Token {token.key}", **more}
 
 
 # -- current_key() inside the view ------------------------------------------------------
@@ -341,7 +321,7 @@ def test_nothing_is_current_after_a_view_that_raised(send: Send, url: str) -> No
 
     assert SEEN[0]["current"] is not None
     assert current_key() is None
-    assert row(key).state == IdempotencyKey.State.RELEASED
+    assert key_row(key).state == IdempotencyKey.State.RELEASED
 
 
 def test_nothing_is_current_in_a_view_called_without_a_key(send: Send, url: str) -> None:
@@ -401,14 +381,14 @@ def test_derive_is_the_same_when_a_retry_runs_the_view_again(send: Send, url: st
     assert first["current"] == second["current"] == the_current(key)
     assert first["charge"] == second["charge"]
     assert first["refund"] == second["refund"]
-    assert row(key).fence == 2
+    assert key_row(key).fence == 2
 
 
 def test_derive_is_the_same_when_a_retry_takes_over_an_abandoned_key(send: Send, url: str) -> None:
     key = new_key()
     fingerprint = send.fingerprint("POST", url, BODY)
     send("POST", url, headers=idem(key))
-    assert row(key).fence == 1
+    assert key_row(key).fence == 1
     # The same request again, now after a worker died while running it.
     IdempotencyKey.objects.filter(key=key).delete()
     _running_row(key, url, fingerprint, lease=timedelta(seconds=-1))
@@ -416,7 +396,7 @@ def test_derive_is_the_same_when_a_retry_takes_over_an_abandoned_key(send: Send,
     response = send("POST", url, headers=idem(key))
 
     assert response.status_code == 201
-    assert row(key).fence == 2
+    assert key_row(key).fence == 2
     normal, takeover = SEEN
     assert takeover["current"] == normal["current"] == CurrentKey(key, "anonymous", fingerprint)
     assert takeover["charge"] == normal["charge"]

@@ -15,11 +15,11 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from asgiref.sync import async_to_sync, iscoroutinefunction
+from asgiref.sync import iscoroutinefunction
 from django.db import connection, connections
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.middleware.csrf import get_token
-from django.test import AsyncClient, Client
+from django.test import Client
 from django.test.client import MULTIPART_CONTENT
 from django.urls import path
 from django.utils import timezone
@@ -30,14 +30,19 @@ from idempotency import engine
 from idempotency.decorators import idempotency_exempt, idempotent
 from idempotency.fingerprints import canonical_json
 from idempotency.models import IdempotencyKey, IdempotencyResponse
-from tests.assertions import DRAFT, assert_problem
+from tests.conftest import MIDDLEWARE
+from tests.helpers import (
+    BODY,
+    DRAFT,
+    JSON,
+    apost,
+    assert_problem,
+    assert_replay_of,
+    key_row,
+    post,
+)
 
 pytestmark = [pytest.mark.urls(__name__), pytest.mark.django_db]
-
-MIDDLEWARE = "idempotency.middleware.IdempotencyMiddleware"
-JSON = "application/json"
-BODY = b'{"amount": "12.50"}'
-
 
 # -- views ------------------------------------------------------------------------------
 
@@ -342,43 +347,6 @@ def no_middleware(settings: Any) -> None:
     settings.MIDDLEWARE = [m for m in settings.MIDDLEWARE if m != MIDDLEWARE]
 
 
-def post(
-    url: str,
-    body: bytes = BODY,
-    key: str | None = None,
-    *,
-    client: Client | None = None,
-    content_type: str = JSON,
-    **headers: str,
-) -> HttpResponse:
-    if key is not None:
-        headers["Idempotency-Key"] = key
-    return (client or Client()).post(url, body, content_type=content_type, headers=headers)
-
-
-def apost(url: str, body: bytes = BODY, key: str | None = None, **headers: str) -> HttpResponse:
-    if key is not None:
-        headers["Idempotency-Key"] = key
-    return async_to_sync(AsyncClient().post)(url, body, content_type=JSON, headers=headers)
-
-
-def assert_replay_of(first: HttpResponse, replay: HttpResponse) -> None:
-    assert replay.status_code == first.status_code
-    assert replay.content == first.content
-    assert replay.headers["Idempotent-Replayed"] == "true"
-    assert "Idempotent-Replayed" not in first.headers
-    assert replay.headers["Content-Type"] == first.headers["Content-Type"]
-    assert replay.headers["X-Payment-Id"] == first.headers["X-Payment-Id"]
-    # Cookies belong to the response that set them: never stored, never replayed.
-    assert first.cookies["seen"].value == "yes"
-    assert "seen" not in replay.cookies
-    assert "Set-Cookie" not in replay.headers
-
-
-def key_row(key: str, **filters: Any) -> IdempotencyKey:
-    return IdempotencyKey.objects.get(key=key, **filters)
-
-
 def stored_headers(key: str) -> dict[str, str]:
     return {name.lower(): value for name, value in key_row(key).response.headers}
 
@@ -417,8 +385,8 @@ def test_retry_replays_without_running_the_view(middleware: bool, url: str) -> N
     again = post(url, key="k-1")
 
     assert first.status_code == 201
-    assert_replay_of(first, replay)
-    assert_replay_of(first, again)
+    assert_replay_of(first, replay, cookie="seen")
+    assert_replay_of(first, again, cookie="seen")
     assert Payment.objects.count() == 1
     assert IdempotencyKey.objects.count() == 1
     assert IdempotencyResponse.objects.count() == 1
@@ -428,7 +396,7 @@ def test_sf_string_key_is_the_same_key_as_the_bare_token(middleware: bool) -> No
     first = post("/bare/", key="order-1")
     replay = post("/bare/", key='"order-1"')
 
-    assert_replay_of(first, replay)
+    assert_replay_of(first, replay, cookie="seen")
     assert Payment.objects.count() == 1
     assert list(IdempotencyKey.objects.values_list("key", flat=True)) == ["order-1"]
 
@@ -507,7 +475,7 @@ def test_required_view_with_key(middleware: bool) -> None:
     replay = post("/required/", key="k-1")
 
     assert first.status_code == 201
-    assert_replay_of(first, replay)
+    assert_replay_of(first, replay, cookie="seen")
     assert Payment.objects.count() == 1
 
 
@@ -537,7 +505,7 @@ def test_other_unsafe_methods_are_protected(middleware: bool, method: str) -> No
     replay = send("/bare/", BODY, content_type=JSON, headers={"Idempotency-Key": "k-1"})
 
     assert first.status_code == 201
-    assert_replay_of(first, replay)
+    assert_replay_of(first, replay, cookie="seen")
     assert key_row("k-1").method == method.upper()
     assert Payment.objects.count() == 1
 
@@ -560,7 +528,7 @@ def test_decorated_twice_is_claimed_once_by_the_outer_decorator(middleware: bool
     replay = post("/twice/", key="k-1")
 
     assert first.status_code == 201
-    assert_replay_of(first, replay)
+    assert_replay_of(first, replay, cookie="seen")
     assert Payment.objects.count() == 1
     row = key_row("k-1")
     assert row.fence == 1
@@ -759,7 +727,7 @@ def test_scope_func_separates_tenants(middleware: bool) -> None:
     assert (a.status_code, b.status_code) == (201, 201)
     assert "Idempotent-Replayed" not in b.headers
     assert a.content != b.content
-    assert_replay_of(a, a_again)
+    assert_replay_of(a, a_again, cookie="seen")
     assert sorted(IdempotencyKey.objects.values_list("scope", flat=True)) == [
         "tenant:a",
         "tenant:b",
@@ -776,7 +744,7 @@ def test_canonical_json_fingerprint_ignores_key_order_and_spaces(middleware: boo
     other = post("/canonical/", b'{"amount": "6.00", "note": "x"}', key="k-1")
 
     assert first.status_code == 201
-    assert_replay_of(first, replay)
+    assert_replay_of(first, replay, cookie="seen")
     assert_problem(other, 409, "idempotency_key_mismatch")
     assert Payment.objects.count() == 1
 
@@ -793,7 +761,7 @@ def test_canonical_json_with_fields_ignores_other_fields(middleware: bool) -> No
     replay = post("/amount-only/", b'{"amount": "5.00", "sent_at": 2}', key="k-1")
     other = post("/amount-only/", b'{"amount": "7.00", "sent_at": 1}', key="k-1")
 
-    assert_replay_of(first, replay)
+    assert_replay_of(first, replay, cookie="seen")
     assert_problem(other, 409, "idempotency_key_mismatch")
     assert Payment.objects.count() == 1
 
@@ -804,7 +772,7 @@ def test_key_func_from_a_delivery_header(middleware: bool) -> None:
     replay = post("/delivery/", key="something-else", X_Delivery_Id="d-1")
     unprotected_ = post("/delivery/", key="d-1")
 
-    assert_replay_of(first, replay)
+    assert_replay_of(first, replay, cookie="seen")
     assert unprotected_.status_code == 201
     assert "Idempotent-Replayed" not in unprotected_.headers
     assert Payment.objects.count() == 2
@@ -822,7 +790,7 @@ def test_all_options_at_once(middleware: bool) -> None:
     assert_problem(missing, 400, "idempotency_key_missing")
     assert first.status_code == 201
     assert first.headers["X-Lease"] == "5.0"
-    assert_replay_of(first, replay)
+    assert_replay_of(first, replay, cookie="seen")
     assert other_tenant.status_code == 201
     assert "Idempotent-Replayed" not in other_tenant.headers
     row = key_row("d-1", scope="tenant:a")
@@ -866,7 +834,7 @@ def test_retry_after_exception_runs_again(middleware: bool) -> None:
 
     assert retry.status_code == 201
     assert "Idempotent-Replayed" not in retry.headers
-    assert_replay_of(retry, replay)
+    assert_replay_of(retry, replay, cookie="seen")
     assert Payment.objects.count() == 1
     row = key_row("k-1")
     assert (row.state, row.fence, row.response.status) == ("completed", 2, 201)
@@ -902,7 +870,7 @@ def test_atomic_false_still_replays(middleware: bool) -> None:
     first = post("/not-atomic/", key="k-1")
     replay = post("/not-atomic/", key="k-1")
 
-    assert_replay_of(first, replay)
+    assert_replay_of(first, replay, cookie="seen")
     assert Payment.objects.count() == 1
     assert key_row("k-1").state == IdempotencyKey.State.COMPLETED
 
@@ -1093,7 +1061,7 @@ def test_async_first_and_replay(middleware: bool) -> None:
     replay = apost("/async/bare/", key="k-1")
 
     assert first.status_code == 201
-    assert_replay_of(first, replay)
+    assert_replay_of(first, replay, cookie="seen")
     assert Payment.objects.count() == 1
     assert IdempotencyKey.objects.count() == 1
     row = key_row("k-1")
@@ -1117,7 +1085,7 @@ def test_async_sync_share_the_store(middleware: bool) -> None:
     first = apost("/async/bare/", key="k-1")
     replay = post("/async/bare/", key="k-1")  # WSGI client, same async view
 
-    assert_replay_of(first, replay)
+    assert_replay_of(first, replay, cookie="seen")
     assert Payment.objects.count() == 1
 
 
@@ -1141,7 +1109,7 @@ def test_async_retry_after_exception_runs_again(middleware: bool) -> None:
 
     assert retry.status_code == 201
     assert "Idempotent-Replayed" not in retry.headers
-    assert_replay_of(retry, replay)
+    assert_replay_of(retry, replay, cookie="seen")
     assert Payment.objects.count() == 1
     row = key_row("k-1")
     assert (row.state, row.fence) == ("completed", 2)
@@ -1233,7 +1201,7 @@ def test_multipart_body_read_by_the_csrf_check_still_fingerprints(middleware: bo
     )
 
     assert first.status_code == 201
-    assert_replay_of(first, replay)
+    assert_replay_of(first, replay, cookie="seen")
     assert_problem(other, 409, "idempotency_key_mismatch")
     assert forged.status_code == 403
     assert Payment.objects.count() == 1

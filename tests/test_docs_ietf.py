@@ -20,7 +20,8 @@ from django.views.decorators.csrf import csrf_exempt
 from shop.models import Payment
 
 from idempotency.models import IdempotencyKey
-from tests.assertions import DRAFT, assert_problem
+from tests import helpers
+from tests.helpers import DRAFT, assert_problem
 
 pytestmark = [pytest.mark.urls(__name__), pytest.mark.django_db]
 
@@ -77,9 +78,8 @@ def profile() -> Any:
 
 
 def post(url: str, body: bytes = PAYMENT, key: str | None = KEY, **headers: str) -> Any:
-    if key is not None:
-        headers["Idempotency-Key"] = key
-    return Client().post(url, body, content_type="application/json", headers=headers)
+    """The page's example request, unless told otherwise."""
+    return helpers.post(url, body, key, **headers)
 
 
 # -- the page ---------------------------------------------------------------------------

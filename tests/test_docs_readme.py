@@ -19,7 +19,8 @@ from django.test import Client
 from django.urls import path
 
 from idempotency.models import IdempotencyKey
-from tests.assertions import assert_problem
+from tests import helpers
+from tests.helpers import assert_problem
 
 pytestmark = [pytest.mark.urls(__name__), pytest.mark.django_db]
 
@@ -90,7 +91,7 @@ def api_client() -> Client:
 
 
 def post(url: str, body: bytes, **headers: str) -> Any:
-    return api_client().post(url, body, content_type="application/json", headers=headers)
+    return helpers.post(url, body, client=api_client(), **headers)
 
 
 PAYMENT = json.dumps({"amount": "12.50", "currency": "EUR"}).encode()

@@ -6,7 +6,6 @@ import json
 import logging
 import re
 import textwrap
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from django.urls import path
 
 from idempotency import signals
 from idempotency.decorators import idempotent
+from tests.helpers import new_key
 
 prometheus_client = pytest.importorskip("prometheus_client")
 
@@ -87,12 +87,12 @@ def test_the_metrics_example_counts_every_outcome(metrics: dict[str, Any]) -> No
         ]
     }
     observed = _sample("idempotency_stored_seconds_count")
-    key = str(uuid.uuid4())
+    key = new_key()
 
     assert _post(key).status_code == 201
     assert _post(key).headers["Idempotent-Replayed"] == "true"
     assert _post(key, b'{"other": 1}').status_code == 409
-    assert _post(str(uuid.uuid4()), query="?fail=1").status_code == 503
+    assert _post(new_key(), query="?fail=1").status_code == 503
 
     def delta(outcome: str, reason: str = "") -> float:
         now = _sample("idempotency_requests_total", outcome=outcome, reason=reason)
@@ -110,7 +110,7 @@ def test_the_json_formatter_example_writes_the_event_fields(caplog: Any) -> None
     exec(compile(_block_with("IdempotencyJSONFormatter"), str(PAGE), "exec"), namespace)
     formatter = namespace["IdempotencyJSONFormatter"]()
     assert namespace["LOGGING"]["loggers"]["idempotency"]["level"] == "INFO"
-    key = str(uuid.uuid4())
+    key = new_key()
 
     with caplog.at_level(logging.INFO, logger="idempotency"):
         _post(key)

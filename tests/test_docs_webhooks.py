@@ -32,7 +32,7 @@ from shop.models import WebhookEvent
 
 from idempotency.decorators import idempotent
 from idempotency.models import IdempotencyKey
-from tests.assertions import assert_problem
+from tests.helpers import assert_problem, assert_replay_of, key_row
 
 pytestmark = [pytest.mark.urls(__name__), pytest.mark.django_db]
 
@@ -321,17 +321,6 @@ def deliver_github(
     if guid is not None:
         headers["X-GitHub-Delivery"] = guid
     return (client or Client()).post(url, body, content_type="application/json", headers=headers)
-
-
-def key_row(key: str) -> IdempotencyKey:
-    return IdempotencyKey.objects.get(key=key)
-
-
-def assert_replay_of(first: Any, again: Any) -> None:
-    assert again.status_code == first.status_code
-    assert again.content == first.content
-    assert again.headers["Idempotent-Replayed"] == "true"
-    assert "Idempotent-Replayed" not in first.headers
 
 
 # -- the page and this module -----------------------------------------------------------

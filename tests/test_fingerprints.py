@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -37,7 +36,7 @@ from idempotency import fingerprints
 from idempotency.decorators import idempotent
 from idempotency.fingerprints import default_fingerprint, request_body
 from idempotency.rest_framework import IdempotencyMixin
-from tests.assertions import assert_problem
+from tests.helpers import assert_problem, new_key
 
 CONTENT_TYPE = ("CONTENT_TYPE",)
 PATH = "/upload/?b=2&a=1"
@@ -595,7 +594,7 @@ def _send(client: Client, url: str, boundary: str, form: dict[str, Any], key: st
 def _run_a_retried_upload(client: Client, url: str) -> None:
     tokens = [json.loads(client.get("/csrf/").content)["token"] for _ in range(2)]
     assert tokens[0] != tokens[1]  # masked afresh, as in a re-rendered form
-    key = str(uuid.uuid4())
+    key = new_key()
 
     plain = _send(client, url, BOUNDARIES[0], _form(tokens[0]), None)
     first = _send(client, url, BOUNDARIES[0], _form(tokens[0]), key)

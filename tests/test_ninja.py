@@ -25,7 +25,7 @@ from idempotency import decorators as plain_decorators
 from idempotency.decorators import idempotency_exempt
 from idempotency.models import IdempotencyKey
 from idempotency.ninja import auth_scope, idempotent
-from tests.clients import Send
+from tests.helpers import Send, new_key
 
 pytestmark = [pytest.mark.urls(__name__), pytest.mark.django_db(transaction=True)]
 
@@ -190,7 +190,7 @@ def the_scope(key: str) -> list[str]:
 def test_decorated_operation_is_scoped_by_request_auth(
     send: Send, url: str, credentials: Any
 ) -> None:
-    key = str(uuid.uuid4())
+    key = new_key()
     nobody = send("POST", url, headers={"Idempotency-Key": key})
     first = send("POST", url, headers=keyed(key, credentials("alice")))
     replay = send("POST", url, headers=keyed(key, credentials("alice")))
@@ -214,7 +214,7 @@ def test_decorated_operation_is_scoped_by_request_auth(
 def test_decorated_operation_with_the_middleware_is_claimed_once_with_its_options(
     send: Send,
 ) -> None:
-    key = str(uuid.uuid4())
+    key = new_key()
     first = send("POST", "/ninja/api-key/", headers=keyed(key, api_key_of("alice")))
     replay = send("POST", "/ninja/api-key/", headers=keyed(key, api_key_of("alice")))
 
@@ -227,7 +227,7 @@ def test_decorated_operation_with_the_middleware_is_claimed_once_with_its_option
 
 
 def test_decorated_operation_that_raises_rolls_back_and_releases(send: Send) -> None:
-    key = str(uuid.uuid4())
+    key = new_key()
     first = send("POST", "/ninja/fails/", headers=keyed(key, bearer_of("alice")))
     again = send("POST", "/ninja/fails/", headers=keyed(key, bearer_of("alice")))
 
@@ -286,7 +286,7 @@ def auth_scope_of(rf: Any, auth: Any) -> str:
 def test_middleware_scopes_ninja_requests_by_their_credentials(
     send: Send, url: str, credentials: Any
 ) -> None:
-    key = str(uuid.uuid4())
+    key = new_key()
     nobody = send("POST", url, headers={"Idempotency-Key": key})
     first = send("POST", url, headers=keyed(key, credentials("alice")))
     bob = send("POST", url, headers=keyed(key, credentials("bob")))
@@ -312,7 +312,7 @@ def test_middleware_scopes_ninja_requests_by_their_credentials(
 def test_unknown_scheme_under_the_middleware_is_never_stored_for_others(
     send: Send, caplog: pytest.LogCaptureFixture
 ) -> None:
-    key = str(uuid.uuid4())
+    key = new_key()
     with caplog.at_level(logging.WARNING, logger="idempotency"):
         alice = send(
             "POST",
@@ -341,7 +341,7 @@ def test_the_unknown_scheme_replays_once_its_header_is_a_credential(
     send: Send, settings: Any
 ) -> None:
     settings.IDEMPOTENCY = {"CREDENTIAL_HEADERS": ["Authorization", "X-Shop-Secret"]}
-    key = str(uuid.uuid4())
+    key = new_key()
     alice = send(
         "POST",
         "/ninja/mw-custom/",
@@ -364,7 +364,7 @@ def test_the_unknown_scheme_replays_once_its_header_is_a_credential(
 
 
 def test_django_decorator_on_a_ninja_operation_is_a_clear_error(send: Send) -> None:
-    key = str(uuid.uuid4())
+    key = new_key()
     with pytest.raises(TypeError, match=r"idempotency\.ninja\.idempotent"):
         send("POST", "/ninja/wrong-decorator/", headers=keyed(key, bearer_of("alice")))
     # Its options were not silently skipped: the middleware left the route to it.
@@ -374,7 +374,7 @@ def test_django_decorator_on_a_ninja_operation_is_a_clear_error(send: Send) -> N
 
 
 def test_exempt_operation_is_left_alone_by_the_middleware(send: Send) -> None:
-    key = str(uuid.uuid4())
+    key = new_key()
     first = send("POST", "/ninja/exempt/", headers=keyed(key, bearer_of("alice")))
     second = send("POST", "/ninja/exempt/", headers=keyed(key, bearer_of("alice")))
 
@@ -389,7 +389,7 @@ def test_a_decorated_operation_called_as_a_function_claims_nothing(
 ) -> None:
     from django.db import connection
 
-    key = str(uuid.uuid4())
+    key = new_key()
     first = send("POST", "/ninja/reuses/", headers=keyed(key, bearer_of("alice")))
 
     assert first.status_code == 201
@@ -404,7 +404,7 @@ def test_a_decorated_operation_called_as_a_function_claims_nothing(
 
 
 def test_an_auth_that_answers_true_is_scoped_by_the_credentials(send: Send) -> None:
-    key = str(uuid.uuid4())
+    key = new_key()
     alice = send("POST", "/ninja/yes/", headers=keyed(key, bearer_of("alice")))
     replay = send("POST", "/ninja/yes/", headers=keyed(key, bearer_of("alice")))
     bob = send("POST", "/ninja/yes/", headers=keyed(key, bearer_of("bob")))

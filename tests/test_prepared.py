@@ -7,7 +7,6 @@ prepared, so these tests look at the server, not at the app's own bookkeeping.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,6 +19,7 @@ from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
 
 from tests.conftest import PREPARED_BY_DEFAULT
+from tests.helpers import new_key
 
 pytestmark = [
     pytest.mark.postgres,
@@ -61,7 +61,7 @@ def _fresh_connection() -> Iterator[None]:
 
 
 def _round() -> list[tuple[int, list[str]]]:
-    key = str(uuid.uuid4())
+    key = new_key()
     return [_send(key), _send(key), _send(key, '{"a": 2}')]  # first, replay, mismatch
 
 
@@ -106,7 +106,7 @@ def test_on_a_takeover_and_a_release_are_prepared_too() -> None:
 
     from idempotency.models import IdempotencyKey
 
-    key = str(uuid.uuid4())
+    key = new_key()
     with override_settings(IDEMPOTENCY={"PREPARED_STATEMENTS": True}):
         assert _send(key)[0] == 201
         # Expire it, so that the next request takes it over.

@@ -4,8 +4,6 @@ Measured with real transactions (``transactional_db``): inside a test-case
 transaction, BEGIN/COMMIT would become savepoints and hide what production does.
 """
 
-import uuid
-
 import pytest
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
@@ -13,6 +11,8 @@ from django.test import Client, override_settings
 from django.test.utils import CaptureQueriesContext
 from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
+
+from tests.helpers import new_key
 
 pytestmark = [pytest.mark.urls(__name__), pytest.mark.django_db(transaction=True)]
 
@@ -52,24 +52,24 @@ def test_no_key_costs_no_query() -> None:
 
 @pytest.mark.parametrize("method", ["GET", "HEAD", "OPTIONS"])
 def test_safe_methods_with_a_key_cost_no_query(method: str) -> None:
-    assert _send(method, key=str(uuid.uuid4())) == []
+    assert _send(method, key=new_key()) == []
 
 
 def test_first_request_claims_once_and_completes_once() -> None:
     # The claim, then the fenced UPDATE that stores the response in the key's row, in
     # the view's transaction. On PostgreSQL, the statements of the physical floor: one
     # claim, one UPDATE.
-    assert _send(key=str(uuid.uuid4())) == [*CLAIM, "BEGIN", "UPDATE", "COMMIT"]
+    assert _send(key=new_key()) == [*CLAIM, "BEGIN", "UPDATE", "COMMIT"]
 
 
 def test_first_request_without_atomic() -> None:
     # One statement stores the response: no transaction of its own.
     with override_settings(IDEMPOTENCY={"ATOMIC": False}):
-        assert _send(key=str(uuid.uuid4())) == [*CLAIM, "UPDATE"]
+        assert _send(key=new_key()) == [*CLAIM, "UPDATE"]
 
 
 def test_mismatch_costs_what_a_replay_costs() -> None:
-    key = str(uuid.uuid4())
+    key = new_key()
     _send(key=key)
     assert _send(key=key, body='{"a": 2}', status=409) == REPLAY
 
@@ -77,7 +77,7 @@ def test_mismatch_costs_what_a_replay_costs() -> None:
 def test_replay_reads_and_writes_nothing() -> None:
     from idempotency.models import IdempotencyKey, IdempotencyResponse
 
-    key = str(uuid.uuid4())
+    key = new_key()
     _send(key=key)
     stored = list(IdempotencyKey.objects.values()), list(IdempotencyResponse.objects.values())
     for _ in range(3):
@@ -100,7 +100,7 @@ def test_takeover_of_an_expired_response_is_one_statement() -> None:
 
     from idempotency.models import IdempotencyKey
 
-    key = str(uuid.uuid4())
+    key = new_key()
     _send(key=key)
     IdempotencyKey.objects.filter(key=key).update(expires_at=timezone.now() - timedelta(1))
 
@@ -118,6 +118,6 @@ def test_an_unsupported_vendor_runs_no_sql_and_answers_503(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(connection, "vendor", "oracle")
-    assert _send(key=str(uuid.uuid4()), status=503) == []
+    assert _send(key=new_key(), status=503) == []
     assert "no SQL for the 'oracle' database vendor" in caplog.text
     assert _send(key=None, status=201) == []

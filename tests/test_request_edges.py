@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,10 +23,10 @@ from idempotency.context import _activate
 from idempotency.decorators import idempotency_exempt, idempotent
 from idempotency.models import IdempotencyKey
 from idempotency.rest_framework import IdempotencyMixin
+from tests.helpers import JSON, new_key, post
 
 pytestmark = [pytest.mark.urls(__name__), pytest.mark.django_db(transaction=True)]
 
-JSON = "application/json"
 RUNS: list[str] = []
 
 
@@ -138,15 +137,11 @@ def _clean() -> Iterator[None]:
     _activate(None)
 
 
-def post(url: str, key: str, **kwargs: Any) -> Any:
-    return Client(**kwargs).generic("POST", url, b"{}", JSON, headers={"Idempotency-Key": key})
-
-
 @pytest.mark.parametrize("url", ["/plain-stop/", "/decorated-stop/", "/drf-stop/"])
 def test_a_base_exception_frees_the_key_and_leaves_nothing_current(url: str) -> None:
-    key = str(uuid.uuid4())
+    key = new_key()
     with pytest.raises(Stop):
-        post(url, key)
+        post(url, key=key)
 
     # The next request on this thread, without a key, sees no key.
     assert Client().get("/current/").json() == {"current": None}
@@ -166,7 +161,7 @@ def test_response_stored_waits_for_the_outer_commit(settings: Any, url: str) -> 
 
     signals.response_stored.connect(on_stored)
     try:
-        response = post(url, str(uuid.uuid4()))
+        response = post(url, key=new_key())
     finally:
         signals.response_stored.disconnect(on_stored)
         connection.settings_dict["ATOMIC_REQUESTS"] = False
@@ -185,11 +180,11 @@ def test_no_signal_when_the_outer_transaction_rolls_back() -> None:
     signals.response_stored.connect(on_stored)
     try:
         with transaction.atomic():
-            response = post("/fn/", "rolled-back")
+            response = post("/fn/", key="rolled-back")
             assert response.status_code == 201
             assert seen == []  # not yet: nothing is durable
             transaction.set_rollback(True)
-        committed = post("/fn/", "committed")
+        committed = post("/fn/", key="committed")
     finally:
         signals.response_stored.disconnect(on_stored)
     assert committed.status_code == 201
@@ -220,9 +215,9 @@ def test_a_failing_log_does_not_change_the_answer(broken: Any) -> None:
     else:
         logger.addHandler(broken)
     try:
-        key = str(uuid.uuid4())
-        first = post("/plain/", key, raise_request_exception=False)
-        replay = post("/plain/", key, raise_request_exception=False)
+        key = new_key()
+        first = post("/plain/", key=key, client=Client(raise_request_exception=False))
+        replay = post("/plain/", key=key, client=Client(raise_request_exception=False))
     finally:
         logger.removeFilter(broken)
         logger.removeHandler(broken)
@@ -246,8 +241,8 @@ def test_key_released_is_not_sent_for_a_key_taken_over(settings: Any) -> None:
     signals.key_released.connect(on_released)
     signals.response_stored.connect(on_stored)
     try:
-        key = str(uuid.uuid4())
-        response = post("/slow/", key, raise_request_exception=False)
+        key = new_key()
+        response = post("/slow/", key=key, client=Client(raise_request_exception=False))
     finally:
         signals.key_released.disconnect(on_released)
         signals.response_stored.disconnect(on_stored)
@@ -264,9 +259,9 @@ def test_key_released_is_not_sent_for_a_key_taken_over(settings: Any) -> None:
 def test_the_middleware_honours_exempt_handlers_of_class_based_views(
     url: str, protected: bool
 ) -> None:
-    key = str(uuid.uuid4())
-    first = post(url, key)
-    second = post(url, key)
+    key = new_key()
+    first = post(url, key=key)
+    second = post(url, key=key)
 
     assert first.status_code == 201
     assert (second.headers.get("Idempotent-Replayed") == "true") is protected

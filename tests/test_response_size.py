@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,14 +33,12 @@ from idempotency import signals
 from idempotency.decorators import idempotent
 from idempotency.models import IdempotencyKey, IdempotencyResponse
 from idempotency.rest_framework import IdempotencyMixin
-from tests.assertions import assert_problem
-from tests.clients import Send
+from tests.conftest import MIDDLEWARE
+from tests.helpers import Send, assert_problem, new_key
 
 pytestmark = [pytest.mark.urls(__name__), pytest.mark.django_db]
 
 LIMIT = 1000
-MIDDLEWARE = "idempotency.middleware.IdempotencyMiddleware"
-
 #: One entry per view run.
 CALLS: list[str] = []
 
@@ -165,7 +162,7 @@ def test_over_the_limit_rolls_back_releases_and_says_why(
     send: Send, url: str, settings: Any
 ) -> None:
     limit(settings)
-    key = str(uuid.uuid4())
+    key = new_key()
 
     first = post(send, url, key, LIMIT + 1)
 
@@ -196,7 +193,7 @@ def test_at_or_under_the_limit_is_stored_and_replayed_byte_for_byte(
     send: Send, url: str, settings: Any, size: int
 ) -> None:
     limit(settings)
-    key = str(uuid.uuid4())
+    key = new_key()
 
     first = post(send, url, key, size)
     replay = post(send, url, key, size)
@@ -214,7 +211,7 @@ def test_at_or_under_the_limit_is_stored_and_replayed_byte_for_byte(
 
 def test_without_a_limit_any_size_is_stored(send: Send, url: str, settings: Any) -> None:
     limit(settings, None)
-    key = str(uuid.uuid4())
+    key = new_key()
 
     first = post(send, url, key, 64 * LIMIT)
     replay = post(send, url, key, 64 * LIMIT)
@@ -232,7 +229,7 @@ def test_not_atomic_over_the_limit_sends_it_and_never_runs_it_again(
     send: Send, url: str, settings: Any
 ) -> None:
     limit(settings, ATOMIC=False)
-    key = str(uuid.uuid4())
+    key = new_key()
 
     first = post(send, url, key, LIMIT + 1)
 
@@ -259,7 +256,7 @@ def test_not_atomic_over_the_limit_sends_it_and_never_runs_it_again(
 
 def test_not_atomic_at_the_limit_is_stored(send: Send, url: str, settings: Any) -> None:
     limit(settings, ATOMIC=False)
-    key = str(uuid.uuid4())
+    key = new_key()
 
     first = post(send, url, key, LIMIT)
     replay = post(send, url, key, LIMIT)
@@ -276,7 +273,7 @@ def test_not_atomic_at_the_limit_is_stored(send: Send, url: str, settings: Any) 
 def test_a_response_that_is_not_storable_anyway_is_left_alone(send: Send, settings: Any) -> None:
     # A 5xx is the view's own answer and is released as always, whatever its size.
     limit(settings)
-    key = str(uuid.uuid4())
+    key = new_key()
 
     response = post(send, "/plain-error/", key, LIMIT + 1)
 
@@ -301,9 +298,9 @@ def test_signals_say_what_happened(send: Send, settings: Any) -> None:
     signals.response_stored.connect(on_stored)
     try:
         limit(settings)
-        post(send, "/plain/", str(uuid.uuid4()), LIMIT + 1)
+        post(send, "/plain/", new_key(), LIMIT + 1)
         limit(settings, ATOMIC=False)
-        post(send, "/plain/", str(uuid.uuid4()), LIMIT + 1)
+        post(send, "/plain/", new_key(), LIMIT + 1)
     finally:
         signals.key_released.disconnect(on_released)
         signals.response_stored.disconnect(on_stored)
@@ -334,9 +331,9 @@ def _documented_body(code: str) -> dict[str, Any]:
 
 def test_the_errors_page_shows_the_bodies_answered(settings: Any) -> None:
     limit(settings)
-    too_large = post(Send("wsgi"), "/plain/", str(uuid.uuid4()), LIMIT + 1)
+    too_large = post(Send("wsgi"), "/plain/", new_key(), LIMIT + 1)
     limit(settings, ATOMIC=False)
-    key = str(uuid.uuid4())
+    key = new_key()
     post(Send("wsgi"), "/plain/", key, LIMIT + 1)
     not_kept = post(Send("wsgi"), "/plain/", key, LIMIT + 1)
 

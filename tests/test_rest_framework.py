@@ -41,11 +41,11 @@ from idempotency.decorators import idempotency_exempt
 from idempotency.fingerprints import canonical_json, default_fingerprint
 from idempotency.models import IdempotencyKey, IdempotencyResponse
 from idempotency.rest_framework import IdempotencyMixin
-from tests.assertions import DRAFT, assert_problem
+from tests import helpers
+from tests.helpers import DRAFT, JSON, assert_problem, assert_replay_of, key_row, token_headers
 
 pytestmark = [pytest.mark.urls(__name__), pytest.mark.django_db]
 
-JSON = "application/json"
 ORDER = {"item": "book", "quantity": 2, "amount": "12.50"}
 BODY = json.dumps(ORDER).encode()
 
@@ -279,8 +279,7 @@ def _reset() -> Iterator[None]:
 
 
 def token_client(user: User) -> Client:
-    token, _ = Token.objects.get_or_create(user=user)
-    return Client(headers={"Authorization": f"Token {token.key}"})
+    return Client(headers=token_headers(user))
 
 
 def session_client(user: User, **kwargs: Any) -> Client:
@@ -292,40 +291,13 @@ def session_client(user: User, **kwargs: Any) -> Client:
 def post(
     client: Client, url: str, body: bytes = BODY, key: str | None = None, **headers: str
 ) -> HttpResponse:
-    if key is not None:
-        headers["Idempotency-Key"] = key
-    return client.post(url, body, content_type=JSON, headers=headers)
-
-
-def without_replay_marker(response: HttpResponse) -> dict[str, str]:
-    return {k: v for k, v in response.headers.items() if k != "Idempotent-Replayed"}
-
-
-def assert_replay_of(first: HttpResponse, replay: HttpResponse, *, same_auth: bool = True) -> None:
-    assert replay.status_code == first.status_code
-    assert replay.content == first.content
-    assert replay.headers["Idempotent-Replayed"] == "true"
-    assert "Idempotent-Replayed" not in first.headers
-    # Everything DRF set (Allow, Vary, Content-Type, ...) comes back the same.
-    if same_auth:
-        assert without_replay_marker(replay) == without_replay_marker(first)
-        return
-    # SessionMiddleware adds "Vary: Cookie" to session-authenticated responses only,
-    # on the way out, after the response was stored or replayed.
-    first_headers, replay_headers = without_replay_marker(first), without_replay_marker(replay)
-    first_vary = set(first_headers.pop("Vary").split(", ")) - {"Cookie"}
-    replay_vary = set(replay_headers.pop("Vary").split(", ")) - {"Cookie"}
-    assert first_headers == replay_headers
-    assert first_vary == replay_vary == {"Accept"}
+    """``client``'s request (which user, authenticated how): an order unless ``body``."""
+    return helpers.post(url, body, key, client=client, **headers)
 
 
 def assert_fresh(response: HttpResponse, status: int = 201) -> None:
     assert response.status_code == status, response.content
     assert "Idempotent-Replayed" not in response.headers
-
-
-def key_row(key: str, **filters: Any) -> IdempotencyKey:
-    return IdempotencyKey.objects.get(key=key, **filters)
 
 
 # -- first request, replay, mismatch, locked, missing, invalid -------------------------
@@ -683,7 +655,7 @@ def test_token_and_session_of_one_user_share_a_scope(middleware: bool, alice: Us
     by_session = post(session_client(alice), "/create/", key="k-1")
 
     assert_fresh(by_token)
-    assert_replay_of(by_token, by_session, same_auth=False)
+    assert_replay_of(by_token, by_session, session_vary=True)
     assert Order.objects.count() == 1
     assert key_row("k-1").scope == f"user:{alice.pk}"
 
@@ -855,7 +827,7 @@ def test_scope_func_attribute(middleware: bool, alice: User) -> None:
 
     assert_fresh(red)
     assert_fresh(blue)
-    assert_replay_of(red, red_again, same_auth=False)
+    assert_replay_of(red, red_again, session_vary=True)
     assert sorted(IdempotencyKey.objects.values_list("scope", flat=True)) == [
         "team:blue",
         "team:red",
@@ -1029,7 +1001,7 @@ def test_shop_orders(alice: User, bob: User) -> None:
     assert_fresh(first)
     assert json.loads(first.content)["user"] == alice.pk
     assert_replay_of(first, replay)
-    assert_replay_of(first, by_session, same_auth=False)
+    assert_replay_of(first, by_session, session_vary=True)
     assert_fresh(bobs)
     assert json.loads(bobs.content)["user"] == bob.pk
     assert bobs.content != first.content

@@ -31,8 +31,7 @@ from idempotency import decorators
 from idempotency.engine import ANONYMOUS, default_scope
 from idempotency.models import IdempotencyKey
 from idempotency.rest_framework import IdempotencyMixin
-from tests.assertions import assert_problem
-from tests.clients import Send
+from tests.helpers import Send, assert_problem, new_key
 
 pytestmark = [pytest.mark.urls(__name__), pytest.mark.django_db(transaction=True)]
 
@@ -199,7 +198,7 @@ def test_authenticated_user_is_scoped_by_pk(alice: Any) -> None:
 
 
 def test_a_header_scheme_of_the_view_never_replays_across_callers(send: Send) -> None:
-    key = str(uuid.uuid4())
+    key = new_key()
     alice = send(
         "POST", "/header-checked/", headers={"Idempotency-Key": key, "X-API-Key": "alice-secret"}
     )
@@ -225,7 +224,7 @@ def test_a_header_scheme_of_the_view_never_replays_across_callers(send: Send) ->
 def test_401_and_403_are_never_stored(send: Send, settings: Any, status_url: str) -> None:
     # No credential header is known: every caller shares the anonymous scope.
     settings.IDEMPOTENCY = {"CREDENTIAL_HEADERS": []}
-    key = str(uuid.uuid4())
+    key = new_key()
     refused = send("POST", status_url, headers={"Idempotency-Key": key})
     alice = send("POST", status_url, headers={"Idempotency-Key": key, "X-API-Key": "alice-secret"})
 
@@ -245,7 +244,7 @@ def test_401_and_403_are_never_stored(send: Send, settings: Any, status_url: str
 def test_a_drf_scheme_under_the_middleware_is_not_stored_in_the_anonymous_scope(
     send: Send, caplog: pytest.LogCaptureFixture
 ) -> None:
-    key = str(uuid.uuid4())
+    key = new_key()
     with caplog.at_level(logging.WARNING, logger="idempotency"):
         alice = send(
             "POST", "/drf/", headers={"Idempotency-Key": key, "X-Shop-Secret": "alice-secret"}
@@ -264,7 +263,7 @@ def test_a_drf_scheme_under_the_middleware_is_not_stored_in_the_anonymous_scope(
 
 
 def test_a_view_that_logs_the_caller_in_is_not_stored_in_the_anonymous_scope(send: Send) -> None:
-    key = str(uuid.uuid4())
+    key = new_key()
     first = send("POST", "/logs-in/", headers={"Idempotency-Key": key})
     other = send("POST", "/logs-in/", headers={"Idempotency-Key": key})
 
@@ -315,8 +314,8 @@ def test_decorator_options_the_middleware_preempted_are_logged(
     send: Send, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="idempotency"):
-        send("POST", "/router/", headers={"Idempotency-Key": str(uuid.uuid4())})
-        send("POST", "/router/", headers={"Idempotency-Key": str(uuid.uuid4())})
+        send("POST", "/router/", headers={"Idempotency-Key": new_key()})
+        send("POST", "/router/", headers={"Idempotency-Key": new_key()})
 
     warnings = [r.getMessage() for r in caplog.records if "could apply" in r.getMessage()]
     assert len(warnings) == 1  # once per view
@@ -329,7 +328,7 @@ def test_mixin_options_a_decorator_preempted_are_logged(
     send: Send, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="idempotency"):
-        answer = send("POST", "/wrapped-mixin/", headers={"Idempotency-Key": str(uuid.uuid4())})
+        answer = send("POST", "/wrapped-mixin/", headers={"Idempotency-Key": new_key()})
 
     assert answer.status_code == 201
     warnings = [r.getMessage() for r in caplog.records if "could apply" in r.getMessage()]

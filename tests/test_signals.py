@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -27,7 +26,6 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.urls import include, path
 from django.utils import timezone
 from rest_framework import permissions, viewsets
-from rest_framework.authtoken.models import Token
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.routers import SimpleRouter
@@ -42,14 +40,19 @@ from idempotency.decorators import idempotent
 from idempotency.fingerprints import default_fingerprint
 from idempotency.models import IdempotencyKey, IdempotencyResponse
 from idempotency.rest_framework import IdempotencyMixin
-from tests.assertions import assert_problem
-from tests.clients import Send
-from tests.threads import in_thread, with_unreachable_store
+from tests.helpers import (
+    BODY,
+    Send,
+    assert_problem,
+    idem,
+    in_thread,
+    new_key,
+    token_headers,
+    with_unreachable_store,
+)
 
 pytestmark = [pytest.mark.urls(__name__), pytest.mark.django_db(transaction=True)]
 
-JSON = "application/json"
-BODY = b'{"amount": "12.50"}'
 WAIT = 30  # seconds; an upper bound for a helper thread, never reached when green
 
 
@@ -236,14 +239,6 @@ def received() -> Iterator[Received]:
             assert signal.disconnect(recorder)
 
 
-def new_key() -> str:
-    return str(uuid.uuid4())
-
-
-def idem(key: str, **more: str) -> dict[str, str]:
-    return {"Idempotency-Key": key, **more}
-
-
 def assert_request(sent: Sent, method: str, path: str) -> None:
     request = sent["request"]
     assert isinstance(request, HttpRequest)
@@ -265,11 +260,6 @@ def _running_row(send: Send, key: str, url: str, *, lease: timedelta) -> Idempot
         lease_expires_at=now + lease,
         expires_at=now + timedelta(hours=1),
     )
-
-
-def token_headers(user: User, **more: str) -> dict[str, str]:
-    token, _ = Token.objects.get_or_create(user=user)
-    return {"Authorization": f"Token {token.key}", **more}
 
 
 ORDER = b'{"item": "book", "quantity": 2, "amount": "12.50"}'

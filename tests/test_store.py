@@ -24,6 +24,7 @@ from django.views.decorators.csrf import csrf_exempt
 from idempotency import store as store_module
 from idempotency.models import IdempotencyKey, IdempotencyResponse
 from tests.conftest import PREPARED_BY_DEFAULT
+from tests.helpers import new_key
 
 pytestmark = [pytest.mark.urls(__name__), pytest.mark.django_db(transaction=True)]
 
@@ -60,7 +61,7 @@ def _max_allowed_packet() -> int:
 
 
 def test_a_body_of_several_mib_is_stored_and_replayed() -> None:
-    key = str(uuid.uuid4())
+    key = new_key()
     with override_settings(IDEMPOTENCY={"MAX_RESPONSE_SIZE": 8 * MIB}):
         first = _post(key, 6 * MIB)
         replay = _post(key, 6 * MIB)
@@ -73,7 +74,7 @@ def test_a_body_of_several_mib_is_stored_and_replayed() -> None:
 
 
 def test_the_default_limit_stores_4_mib_and_refuses_a_byte_more() -> None:
-    at, over = str(uuid.uuid4()), str(uuid.uuid4())
+    at, over = new_key(), new_key()
     first = _post(at, 4 * MIB)
     replay = _post(at, 4 * MIB)
     refused = _post(over, 4 * MIB + 1)
@@ -93,7 +94,7 @@ def test_a_body_past_max_allowed_packet_is_refused_before_it_is_sent() -> None:
     # No limit of the app's own: the server's is the one that applies. The store
     # measures the statement first, instead of sending what the server refuses
     # (error 1153, after which it may close the connection).
-    key = str(uuid.uuid4())
+    key = new_key()
     with override_settings(IDEMPOTENCY={"MAX_RESPONSE_SIZE": None}):
         first = _post(key, _max_allowed_packet() + MIB)
 
@@ -115,7 +116,7 @@ def test_a_body_past_max_allowed_packet_is_refused_before_it_is_sent() -> None:
 def test_a_body_that_escaping_takes_past_max_allowed_packet_is_refused() -> None:
     # Quotes are sent as two bytes each: a body of 60 % of the packet's size in quotes
     # takes 120 % of it in the statement.
-    key = str(uuid.uuid4())
+    key = new_key()
     size = _max_allowed_packet() * 6 // 10
     with override_settings(IDEMPOTENCY={"MAX_RESPONSE_SIZE": None}):
         first = _post(key, size, fill="'")
@@ -130,7 +131,7 @@ def test_a_body_that_escaping_takes_past_max_allowed_packet_is_refused() -> None
 def test_a_body_just_under_max_allowed_packet_is_stored_and_replayed() -> None:
     # Random bytes: about 3 % of them are escaped, so 90 % of the packet fits, though
     # twice the body would not. The store counts the escapes, and sends it.
-    key = str(uuid.uuid4())
+    key = new_key()
     size = _max_allowed_packet() * 9 // 10
     with override_settings(IDEMPOTENCY={"MAX_RESPONSE_SIZE": None}):
         first = _post(key, size)
@@ -145,7 +146,7 @@ def test_a_body_just_under_max_allowed_packet_is_stored_and_replayed() -> None:
 
 @pytest.mark.mysql
 def test_a_body_past_max_allowed_packet_without_atomic_is_sent_and_never_run_again() -> None:
-    key = str(uuid.uuid4())
+    key = new_key()
     with override_settings(IDEMPOTENCY={"ATOMIC": False, "MAX_RESPONSE_SIZE": None}):
         first = _post(key, _max_allowed_packet() + MIB)
         retry = _post(key, 1024)
@@ -207,7 +208,7 @@ def deadlocks(statement: str, table: str, times: int) -> Iterator[list[str]]:
 
 @pytest.mark.mysql
 def test_a_claim_that_loses_a_deadlock_is_run_again() -> None:
-    key = str(uuid.uuid4())
+    key = new_key()
     with deadlocks("INSERT", KEYS_TABLE, times=2) as seen:
         response = _post(key, 10)
     assert response.status_code == 201
@@ -218,7 +219,7 @@ def test_a_claim_that_loses_a_deadlock_is_run_again() -> None:
 @pytest.mark.mysql
 def test_a_claim_that_keeps_losing_deadlocks_is_a_503() -> None:
     with deadlocks("INSERT", KEYS_TABLE, times=99) as seen:
-        response = _post(str(uuid.uuid4()), 10)
+        response = _post(new_key(), 10)
     assert response.status_code == 503
     assert response.json()["code"] == "idempotency_store_unavailable"
     assert len(seen) == store_module.DEADLOCK_ATTEMPTS
@@ -229,7 +230,7 @@ def test_a_claim_that_keeps_losing_deadlocks_is_a_503() -> None:
 def test_a_completion_in_the_views_transaction_is_not_run_again() -> None:
     # ATOMIC: the deadlock rolled back the view's writes with it; running the UPDATE
     # again would store a response whose writes are gone.
-    key = str(uuid.uuid4())
+    key = new_key()
     with deadlocks("UPDATE", KEYS_TABLE, times=1) as seen:
         response = _post(key, 10)
     assert response.status_code == 503
@@ -240,7 +241,7 @@ def test_a_completion_in_the_views_transaction_is_not_run_again() -> None:
 
 @pytest.mark.mysql
 def test_a_completion_in_its_own_transaction_is_run_again() -> None:
-    key = str(uuid.uuid4())
+    key = new_key()
     with (
         override_settings(IDEMPOTENCY={"ATOMIC": False}),
         # The completion: the one UPDATE of a first request without ATOMIC.
@@ -331,7 +332,7 @@ def _in_another_connection(work: Callable[[], None]) -> None:
 def test_a_claim_inside_an_old_snapshot_finds_the_latest_row(seen_running: bool) -> None:
     """REPEATABLE READ: the request's transaction began before another request
     completed the key (ATOMIC_REQUESTS, a request made from an atomic view)."""
-    key = str(uuid.uuid4())
+    key = new_key()
     store = store_module.Store("default")
     other = store_module.Store("default")
     claimed: list[int] = []
@@ -373,7 +374,7 @@ def test_a_claim_inside_an_old_snapshot_finds_the_latest_row(seen_running: bool)
 def test_a_claim_that_waits_for_another_claim_finds_its_row_once_it_commits() -> None:
     """The conflicting row commits after the claim's INSERT began, so it is not in that
     statement's snapshot: the claim function's read, a statement of its own, sees it."""
-    key = str(uuid.uuid4())
+    key = new_key()
     inserted = threading.Event()
 
     def claim_and_commit_late() -> None:

@@ -39,8 +39,7 @@ from idempotency.fingerprints import default_fingerprint, keep_body
 from idempotency.models import IdempotencyKey
 from idempotency.ninja import idempotent as ninja_idempotent
 from idempotency.rest_framework import IdempotencyMixin
-from tests.assertions import assert_problem
-from tests.clients import Send
+from tests.helpers import Send, assert_problem, new_key
 
 pytestmark = [pytest.mark.urls(__name__), pytest.mark.django_db(transaction=True)]
 
@@ -135,7 +134,7 @@ def _file(seed: str) -> bytes:
 
 @pytest.mark.parametrize("url", ADAPTERS)
 def test_a_large_keyed_upload_runs_replays_and_mismatches(send: Send, url: str) -> None:
-    key = str(uuid.uuid4())
+    key = new_key()
     content = _file("a")
     changed = content[:-1] + bytes([content[-1] ^ 1])
 

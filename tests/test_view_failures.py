@@ -25,7 +25,7 @@ from rest_framework.views import APIView
 from idempotency.decorators import idempotent
 from idempotency.models import IdempotencyKey
 from idempotency.rest_framework import IdempotencyMixin
-from tests.clients import Send
+from tests.helpers import Send, new_key
 
 pytestmark = [pytest.mark.urls(__name__), pytest.mark.django_db(transaction=True)]
 
@@ -155,7 +155,7 @@ def send(request: pytest.FixtureRequest) -> Send:
 
 @pytest.mark.parametrize(("url", "failure"), CASES)
 def test_failure_rolls_back_releases_and_answers_500(send: Send, url: str, failure: str) -> None:
-    key = str(uuid.uuid4())
+    key = new_key()
     target = f"/{url}?failure={failure}"
     client = send.client(raise_request_exception=False)
 
@@ -194,7 +194,7 @@ def test_failure_rolls_back_releases_and_answers_500(send: Send, url: str, failu
 def test_a_view_that_returns_no_response_is_a_type_error_naming_it(
     send: Send, url: str, returned: str, view: str
 ) -> None:
-    key = str(uuid.uuid4())
+    key = new_key()
     with pytest.raises(TypeError) as raised:
         send("POST", f"/{url}?failure={returned}", headers={"Idempotency-Key": key})
 
@@ -208,7 +208,7 @@ def test_a_view_that_returns_no_response_is_a_type_error_naming_it(
 
 @pytest.mark.parametrize("url", ["decorated-stream/", "plain-stream/"])
 def test_an_on_commit_hook_that_raises_still_frees_the_key(send: Send, url: str) -> None:
-    key = str(uuid.uuid4())
+    key = new_key()
     client = send.client(raise_request_exception=False)
 
     first = send("POST", f"/{url}", headers={"Idempotency-Key": key}, client=client)
@@ -237,7 +237,7 @@ def test_a_failed_begin_of_the_view_transaction_is_a_503(
         original(self)
 
     monkeypatch.setattr(transaction.Atomic, "__enter__", enter)
-    key = str(uuid.uuid4())
+    key = new_key()
     STATE["mode"] = "ok"
 
     answer = send("POST", f"/{url}", headers={"Idempotency-Key": key})

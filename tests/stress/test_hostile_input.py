@@ -42,7 +42,7 @@ from shop.views import webhook_scope
 
 from idempotency.conf import CODES
 from idempotency.models import IdempotencyKey, IdempotencyResponse
-from tests.assertions import assert_problem
+from tests.helpers import assert_problem
 from tests.stress.harness import record
 
 pytestmark = pytest.mark.django_db(transaction=True)
