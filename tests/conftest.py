@@ -1,7 +1,7 @@
 """Shared pytest configuration.
 
-The database comes from ``DATABASE_URL`` (read by ``testproject/settings.py``;
-SQLite when unset). For PostgreSQL, MariaDB and MySQL the server is probed once at
+The database comes from ``DATABASE_URL`` (read by ``tests/settings.py``; SQLite
+when unset). For PostgreSQL, MariaDB and MySQL the server is probed once at
 start-up: when it cannot be reached, every test is skipped with the reason instead
 of failing one by one. Tests marked ``@pytest.mark.postgres`` or
 ``@pytest.mark.mysql`` (MariaDB or MySQL) are skipped on other backends. The stress
@@ -217,6 +217,12 @@ def middleware(request: pytest.FixtureRequest, settings: Any) -> bool:
         settings.MIDDLEWARE = [m for m in settings.MIDDLEWARE if m != MIDDLEWARE]
         return False
     return True
+
+
+@pytest.fixture
+def no_middleware(settings: Any) -> None:
+    """Take the middleware out of ``MIDDLEWARE``."""
+    settings.MIDDLEWARE = [m for m in settings.MIDDLEWARE if m != MIDDLEWARE]
 
 
 @pytest.fixture

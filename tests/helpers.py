@@ -50,6 +50,18 @@ def token_headers(user: User, **more: str) -> dict[str, str]:
     return {"Authorization": f"Token {token.key}", **more}
 
 
+def token_client(user: User) -> Client:
+    """A client whose requests carry ``user``'s DRF token."""
+    return Client(headers=token_headers(user))
+
+
+def session_client(user: User, **kwargs: Any) -> Client:
+    """A client logged in as ``user`` (``kwargs`` go to ``Client``)."""
+    client = Client(**kwargs)
+    client.force_login(user)
+    return client
+
+
 def post(
     url: str,
     body: bytes = BODY,
@@ -184,6 +196,12 @@ def assert_problem(
     else:
         assert "Retry-After" not in response
     return body
+
+
+def assert_fresh(response: Any, status: int = 201) -> None:
+    """The view ran for this request: its own answer, not a replay."""
+    assert response.status_code == status, response.content
+    assert "Idempotent-Replayed" not in response.headers
 
 
 #: Headers a replay does not repeat: its own marker, and what the server or outer

@@ -17,10 +17,10 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 from pytest_django.asserts import assertContains, assertNotContains
-from shop.models import Payment
 
 from idempotency.admin import BODY_PREVIEW_BYTES, KEY_DISPLAY_CHARS, body_context
 from idempotency.models import IdempotencyKey, IdempotencyResponse
+from tests.testapp.models import Payment
 
 pytestmark = pytest.mark.django_db
 
@@ -32,12 +32,6 @@ RELEASED = IdempotencyKey.State.RELEASED
 JSON_HEADERS = [["Content-Type", "application/json"]]
 JSON_HEADERS_TUPLES = [("Content-Type", "application/json")]
 NBSP = "\xa0"
-
-
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings: Any) -> None:
-    # The default hasher takes about a second per user; these tests create several.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 def make_key(

@@ -50,6 +50,7 @@ sync_api = pytest.importorskip(
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.urls("testproject.urls"),
     pytest.mark.skipif(
         not os.access(CHROMIUM, os.X_OK),
         reason=f"no chromium at {CHROMIUM} (Debian: apt-get install chromium)",
@@ -63,11 +64,6 @@ LONG_KEY = "batch-" + "5f0c9e2a7b" * 24 + "d1e2f3a4b"
 assert len(LONG_KEY) == 255
 # The narrowest viewport the changelist must fit without scrolling sideways.
 NARROW_WIDTH = 1400
-
-
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings: Any) -> None:
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 def save_screenshot(page: Any, name: str, *, full_page: bool = False) -> None:

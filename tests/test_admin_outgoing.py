@@ -18,11 +18,6 @@ CHANGELIST = reverse("admin:idempotency_outgoingoperation_changelist")
 ADD = reverse("admin:idempotency_outgoingoperation_add")
 
 
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings: Any) -> None:
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 def make_operation(
     name: str, reference: str, state: str = "succeeded", *, attempts: int = 1
 ) -> OutgoingOperation:

@@ -45,9 +45,9 @@ class TokenAuthenticationMiddleware(AuthenticationMiddleware):
     pass
 
 
-class ShopToStoreRouter:
+class AppToStoreRouter:
     def db_for_write(self, model: type[Any], **hints: Any) -> str | None:
-        return "store" if model._meta.app_label == "shop" else None
+        return "store" if model._meta.app_label == "testapp" else None
 
 
 class IdempotencyToStoreRouter:
@@ -648,7 +648,7 @@ def test_a_router_that_writes_models_to_the_store_database_is_fine() -> None:
         databases(store=MEMORY),
         override_settings(
             IDEMPOTENCY={"DATABASE": "store"},
-            DATABASE_ROUTERS=[f"{__name__}.ShopToStoreRouter"],
+            DATABASE_ROUTERS=[f"{__name__}.AppToStoreRouter"],
         ),
     ):
         assert checks.check_atomic_database() == []

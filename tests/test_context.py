@@ -26,8 +26,6 @@ from django.utils import timezone
 from rest_framework import viewsets
 from rest_framework.routers import SimpleRouter
 from rest_framework.serializers import BaseSerializer
-from shop.models import Order, Payment
-from shop.serializers import OrderSerializer
 
 import idempotency
 from idempotency import CurrentKey, NoIdempotencyKey, current_key, derive
@@ -36,6 +34,8 @@ from idempotency.decorators import idempotency_exempt, idempotent
 from idempotency.models import IdempotencyKey
 from idempotency.rest_framework import IdempotencyMixin
 from tests.helpers import BODY, JSON, Send, idem, key_row, new_key, token_headers
+from tests.testapp.models import Order, Payment
+from tests.testapp.serializers import OrderSerializer
 
 pytestmark = [pytest.mark.urls(__name__), pytest.mark.django_db]
 

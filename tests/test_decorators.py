@@ -24,13 +24,11 @@ from django.test.client import MULTIPART_CONTENT
 from django.urls import path
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
-from shop.models import Payment, WebhookEvent
 
 from idempotency import engine
 from idempotency.decorators import idempotency_exempt, idempotent
 from idempotency.fingerprints import canonical_json
 from idempotency.models import IdempotencyKey, IdempotencyResponse
-from tests.conftest import MIDDLEWARE
 from tests.helpers import (
     BODY,
     DRAFT,
@@ -41,6 +39,7 @@ from tests.helpers import (
     key_row,
     post,
 )
+from tests.testapp.models import Payment
 
 pytestmark = [pytest.mark.urls(__name__), pytest.mark.django_db]
 
@@ -340,11 +339,6 @@ urlpatterns = [
 
 
 # -- helpers ----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def no_middleware(settings: Any) -> None:
-    settings.MIDDLEWARE = [m for m in settings.MIDDLEWARE if m != MIDDLEWARE]
 
 
 def stored_headers(key: str) -> dict[str, str]:
@@ -977,80 +971,6 @@ def test_key_func_result_too_long_or_not_printable_is_invalid(middleware: bool, 
 def test_key_func_empty_string_is_invalid(middleware: bool) -> None:
     assert_problem(post("/webhook/", b'{"id": ""}'), 400, "idempotency_key_invalid")
     assert IdempotencyKey.objects.count() == 0
-
-
-# -- the testproject's webhook receiver -------------------------------------------------
-
-
-@pytest.mark.urls("testproject.urls")
-def test_shop_webhook_deduplicates_deliveries() -> None:
-    delivery = b'{"id": "evt_100", "type": "invoice.paid", "data": {"amount": 5}}'
-    first = post("/webhooks/events/", delivery)
-    second = post("/webhooks/events/", delivery)
-    other = post("/webhooks/events/", b'{"id": "evt_101", "type": "invoice.paid"}')
-
-    assert first.status_code == 200
-    assert json.loads(first.content) == {"received": "evt_100"}
-    assert second.status_code == 200
-    assert second.content == first.content
-    assert second.headers["Idempotent-Replayed"] == "true"
-    assert other.status_code == 200
-    assert "Idempotent-Replayed" not in other.headers
-    assert sorted(WebhookEvent.objects.values_list("event_id", flat=True)) == [
-        "evt_100",
-        "evt_101",
-    ]
-    assert WebhookEvent.objects.get(event_id="evt_100").payload == json.loads(delivery)
-    assert IdempotencyKey.objects.count() == 2
-    assert key_row("evt_100").scope == "webhook:events"
-
-
-@pytest.mark.urls("testproject.urls")
-def test_shop_webhook_event_ids_are_not_shared_with_anonymous_keys() -> None:
-    payment = Client().post(
-        "/payments/",
-        b'{"amount": "1.00", "currency": "EUR"}',
-        content_type=JSON,
-        headers={"Idempotency-Key": "evt_7"},
-    )
-    delivery = post("/webhooks/events/", b'{"id": "evt_7", "type": "invoice.paid"}')
-
-    assert payment.status_code == 201
-    assert delivery.status_code == 200
-    assert json.loads(delivery.content) == {"received": "evt_7"}
-    assert WebhookEvent.objects.filter(event_id="evt_7").count() == 1
-
-
-@pytest.mark.urls("testproject.urls")
-@pytest.mark.parametrize("body", [b'{"type": "ping"}', b"not json", b'{"id": true}', b"[]"])
-def test_shop_webhook_without_event_id(body: bytes) -> None:
-    response = post("/webhooks/events/", body)
-
-    assert_problem(response, 400, "idempotency_key_missing")
-    assert WebhookEvent.objects.count() == 0
-    assert IdempotencyKey.objects.count() == 0
-
-
-@pytest.mark.urls("testproject.urls")
-@pytest.mark.parametrize("event", ["e" * 256, "evt\n1", "\u00e9vt"])
-def test_shop_webhook_unusable_event_id(event: str) -> None:
-    response = post("/webhooks/events/", json.dumps({"id": event}).encode())
-
-    assert_problem(response, 400, "idempotency_key_invalid")
-    assert WebhookEvent.objects.count() == 0
-    assert IdempotencyKey.objects.count() == 0
-
-
-@pytest.mark.urls("testproject.urls")
-def test_shop_webhook_without_middleware(no_middleware: None) -> None:
-    delivery = b'{"id": 7}'
-    first = post("/webhooks/events/", delivery)
-    second = post("/webhooks/events/", delivery)
-
-    assert first.status_code == 200
-    assert second.headers["Idempotent-Replayed"] == "true"
-    assert WebhookEvent.objects.count() == 1
-    assert key_row("7").state == IdempotencyKey.State.COMPLETED
 
 
 # -- async views ------------------------------------------------------------------------

@@ -222,7 +222,8 @@ def test_without_the_claim_function_a_protected_request_is_a_503_and_the_view_ne
     # New code on a database not yet migrated to 0006: the claim cannot run, so the
     # request is refused as with any store failure, and nothing is written.
     from django.test import Client
-    from shop.models import Payment
+
+    from tests.testapp.models import Payment
 
     client = Client()
     try:

@@ -31,8 +31,6 @@ from rest_framework.response import Response
 from rest_framework.routers import SimpleRouter
 from rest_framework.serializers import BaseSerializer
 from rest_framework.views import APIView
-from shop.models import Order, Payment
-from shop.serializers import OrderSerializer
 
 from idempotency import signals
 from idempotency.conf import idempotency_settings
@@ -50,6 +48,8 @@ from tests.helpers import (
     token_headers,
     with_unreachable_store,
 )
+from tests.testapp.models import Order, Payment
+from tests.testapp.serializers import OrderSerializer
 
 pytestmark = [pytest.mark.urls(__name__), pytest.mark.django_db(transaction=True)]
 

@@ -28,6 +28,9 @@ from django.contrib.auth.models import User
 from rest_framework.authtoken.models import Token
 from shop.models import Upload
 
+# The demo's upload form and API, as the demo serves them.
+pytestmark = pytest.mark.urls("testproject.urls")
+
 TIMEOUT = 30  # seconds, per request; never reached when green
 CONTENT = b"\x00\x01 quarterly report \xff\r\n" * 64
 TOKEN_RE = re.compile(r'name="csrfmiddlewaretoken" value="([^"]+)"')

@@ -45,7 +45,7 @@ from idempotency.models import IdempotencyKey, IdempotencyResponse
 from tests.helpers import assert_problem
 from tests.stress.harness import record
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.urls("testproject.urls")]
 
 EXAMPLES = int(os.environ.get("STRESS_EXAMPLES", "").strip() or 150)
 HYPOTHESIS = settings(
