@@ -46,6 +46,7 @@ from idempotency.fingerprints import default_fingerprint
 from idempotency.models import IdempotencyKey, IdempotencyResponse
 from idempotency.rest_framework import IdempotencyMixin
 from idempotency.store import BINARY_BODY_MIN
+from tests import helpers
 from tests.conftest import PREPARED_BY_DEFAULT
 from tests.helpers import (
     JSON,
@@ -341,9 +342,8 @@ def stored(key: str) -> IdempotencyResponse | None:
 
 
 def assert_fresh(response: Any, status: int, call: int) -> None:
-    """The view ran and this is its own answer (not a replay)."""
-    assert response.status_code == status
-    assert "Idempotent-Replayed" not in response
+    """The view ran (its ``call``-th run in this test) and this is its own answer."""
+    helpers.assert_fresh(response, status)
     assert json.loads(response.content)["call"] == call
 
 

@@ -34,7 +34,7 @@ from idempotency.decorators import idempotent
 from idempotency.models import IdempotencyKey, IdempotencyResponse
 from idempotency.rest_framework import IdempotencyMixin
 from tests.conftest import MIDDLEWARE
-from tests.helpers import Send, assert_problem, new_key
+from tests.helpers import Send, assert_problem, key_row, new_key
 
 pytestmark = [pytest.mark.urls(__name__), pytest.mark.django_db]
 
@@ -145,10 +145,6 @@ def limit(settings: Any, size: int | None = LIMIT, **more: Any) -> None:
 
 def post(send: Send, url: str, key: str, size: int) -> Any:
     return send("POST", url, headers={"Idempotency-Key": key, "X-Size": str(size)})
-
-
-def key_row(key: str) -> IdempotencyKey:
-    return IdempotencyKey.objects.get(key=key)
 
 
 def rows() -> int:
