@@ -1,4 +1,4 @@
-"""The admin of idempotency keys, through the real admin URLs of the testproject."""
+"""The admin of idempotency keys, through the real admin URLs (``tests/urls.py``)."""
 
 from __future__ import annotations
 

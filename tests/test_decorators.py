@@ -1,7 +1,7 @@
 """``@idempotent`` and ``@idempotency_exempt`` on function views, sync and async.
 
 Every behaviour runs without the middleware (the decorator alone) and with it
-(the testproject's ``MIDDLEWARE``), where the request must be claimed exactly
+(the ``MIDDLEWARE`` of the test settings), where the request must be claimed exactly
 once. Async views go through ``AsyncClient`` (the ASGI handler and the async
 middleware chain).
 """

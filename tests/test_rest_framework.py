@@ -1,7 +1,7 @@
 """``IdempotencyMixin`` on DRF views and viewsets.
 
-Most tests run twice: with the mixin alone and with the testproject's
-``IdempotencyMiddleware`` installed as well, where the mixin must take charge
+Most tests run twice: with the mixin alone and with the ``IdempotencyMiddleware`` of
+the test settings installed as well, where the mixin must take charge
 and the request must be claimed exactly once.
 """
 
