@@ -119,7 +119,10 @@ def idempotent(
                     return await func(request, *args, **kwargs)
                 if not isinstance(outcome, engine.Claim):
                     return outcome
-                return await outcome.arun(func, request, *args, **kwargs)
+                async with outcome as claim:
+                    if claim.began:
+                        claim.response = await func(request, *args, **kwargs)
+                return claim.response
 
             wrapper: Any = async_view
         else:
@@ -133,7 +136,10 @@ def idempotent(
                     return func(request, *args, **kwargs)
                 if not isinstance(outcome, engine.Claim):
                     return outcome
-                return outcome.run(func, request, *args, **kwargs)
+                with outcome as claim:
+                    if claim.began:
+                        claim.response = func(request, *args, **kwargs)
+                return claim.response
 
             wrapper = sync_view
         keep_signature(wrapper, func)

@@ -1,8 +1,8 @@
 """The one place that decides: claim, replay, conflict, complete, release.
 
 The middleware, the DRF mixin and the decorators only find the key's options
-and call :func:`start`, then run the view and hand its response to
-:meth:`Claim.finish` (or :meth:`Claim.abort` when it raised).
+and call :func:`start`; when it returns a :class:`Claim`, they run the view
+inside it (``with claim:``), which stores the response or frees the key.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from types import TracebackType
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -258,8 +259,9 @@ def _mismatch(settings: Resolved) -> HttpResponse:
     )
 
 
-class Claim:
-    """A key this request holds: run the view, then :meth:`finish` or :meth:`abort`."""
+class _HeldKey:
+    """The key this request holds while its view runs: who holds it, its signals, the
+    key the view can read, the view's transaction, and giving the key back."""
 
     __slots__ = (
         "_atomic",
@@ -267,11 +269,14 @@ class Claim:
         "_outer",
         "anonymous",
         "atomic",
+        "began",
         "fence",
         "fingerprint",
         "id",
         "key",
+        "rejected",
         "request",
+        "response",
         "scope",
         "settings",
         "started",
@@ -314,6 +319,15 @@ class Claim:
         self.anonymous = anonymous
         #: Set once the key is completed or freed: later failures change nothing.
         self._ended = False
+        #: Whether the view may run: False when its transaction could not begin, and
+        #: ``response`` is then the 503 to send.
+        self.began = False
+        #: What the view answered, handed in by the adapter; once the claim is closed,
+        #: the response to send.
+        self.response: Any = None
+        #: The answer is about the caller (DRF's access errors), not about the
+        #: operation: send it without storing it.
+        self.rejected = False
 
     def _emit(self, signal: Any, event: str, **fields: Any) -> None:
         _emit(
@@ -349,7 +363,7 @@ class Claim:
 
     # -- the view's transaction -------------------------------------------------------
 
-    def enter_atomic(self) -> None:
+    def _open_atomic(self) -> None:
         """Open the transaction the view and the stored response share (``ATOMIC``)."""
         if self.atomic and self._atomic is None:
             block = transaction.atomic(using=self.settings.database)
@@ -379,57 +393,32 @@ class Claim:
             except DatabaseError:
                 pass
 
-    def begin(self) -> HttpResponse | None:
-        """Open the view's transaction (``ATOMIC``). Returns None, or the 503 to send
-        when the database fails to begin it; the key is freed then."""
-        try:
-            self.enter_atomic()
-        except BaseException as exc:
-            answer = self.abort(exc)
-            if isinstance(exc, DatabaseError):
-                if answer is None:
-                    self._emit(signals.store_unavailable, "store_unavailable", error=exc)
-                    answer = _store_unavailable(self.settings)
-                return answer
-            raise
-        return None
+    # -- giving the key back ----------------------------------------------------------
 
-    def run(self, view: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run a sync view under this claim and return the response to send."""
-        answer = self.begin()
-        if answer is not None:
-            return answer
-        self.activate()
+    def _release(self, reason: str) -> bool:
+        """Free the key; False when the store could not be reached (the key then frees
+        itself when its lease ends)."""
         try:
-            response = view(*args, **kwargs)
-        except BaseException as exc:
-            self.deactivate()
-            answer = self.abort(exc)
-            if answer is None:
-                raise
-            return answer
-        self.deactivate()
-        return self.finish(response)
+            released = self.store.release(self.id, self.fence)
+        except DatabaseError:
+            logger.exception(
+                "Could not release idempotency key %r; it frees itself when its lease ends.",
+                self.key,
+            )
+            return False
+        if released:
+            self._emit_on_commit(signals.key_released, "released", reason=reason)
+        # Not released: another request took the key over after this one's lease ran
+        # out. It is that request's key now, and there was nothing to free.
+        return True
 
-    async def arun(self, view: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run an async view under this claim. The store's calls run in the request's
-        sync thread (``sync_to_async``), so they share one connection and transaction."""
-        answer = await sync_to_async(self.begin)()
-        if answer is not None:
-            return answer
-        self.activate()
-        try:
-            response = await view(*args, **kwargs)
-        except BaseException as exc:
-            self.deactivate()
-            answer = await sync_to_async(self.abort)(exc)
-            if answer is None:
-                raise
-            return answer
-        self.deactivate()
-        return await sync_to_async(self.finish)(response)
 
-    # -- endings ----------------------------------------------------------------------
+class _FreeingEnding(_HeldKey):
+    """The endings that store nothing: the view's writes are rolled back (or, for a
+    stream or an unscoped answer, kept), and the key is freed so that a retry runs the
+    view again."""
+
+    __slots__ = ()
 
     def abort(self, exc: BaseException | None = None) -> HttpResponse | None:
         """The view raised ``exc``: undo its writes (``ATOMIC``) and free the key.
@@ -460,20 +449,51 @@ class Claim:
         self._emit(signals.store_unavailable, "store_unavailable", error=exc)
         return _store_unavailable(self.settings)
 
-    def _release(self, reason: str) -> bool:
+    def discard(self, response: HttpResponseBase) -> HttpResponseBase:
+        """Send ``response`` without storing it: undo the view's writes, free the key."""
+        return self._end_unstored(response, commit=False, reason="rejected")
+
+    def _end_unstored(
+        self, response: HttpResponseBase, *, commit: bool, reason: str
+    ) -> HttpResponseBase:
+        self._ended = True
         try:
-            released = self.store.release(self.id, self.fence)
-        except DatabaseError:
-            logger.exception(
-                "Could not release idempotency key %r; it frees itself when its lease ends.",
-                self.key,
-            )
-            return False
-        if released:
-            self._emit_on_commit(signals.key_released, "released", reason=reason)
-        # Not released: another request took the key over after this one's lease ran
-        # out. It is that request's key now, and there was nothing to free.
-        return True
+            self._close_atomic(commit=commit)
+        except DatabaseError as exc:
+            logger.exception("Could not commit the view's writes for key %r.", self.key)
+            self._release("store_failed")
+            self._emit(signals.store_unavailable, "store_unavailable", error=exc)
+            return _store_unavailable(self.settings)
+        except BaseException:
+            # An on_commit hook of the view raised after its writes committed: the key
+            # is still freed, then the error goes on to Django's handling.
+            self._release(reason)
+            raise
+        self._release(reason)
+        return response
+
+    def _store_failed(self, response: HttpResponseBase, exc: DatabaseError) -> HttpResponseBase:
+        """The store failed while the response was being kept."""
+        # self.atomic, not "is the block still open": the block is already closed (rolled
+        # back) when the view asked for a rollback or lost its connection mid-transaction.
+        self._ended = True
+        was_atomic = self.atomic
+        self._close_atomic(commit=False)
+        if was_atomic:
+            # Nothing the view wrote was kept, so the client may safely retry.
+            self._release("store_failed")
+            self._emit(signals.store_unavailable, "store_unavailable", error=exc)
+            return _store_unavailable(self.settings)
+        # ATOMIC = False: the view's effects happened and cannot be undone. Send its
+        # response; the key frees itself when its lease ends.
+        return response
+
+
+class _StoringEnding(_FreeingEnding):
+    """The view answered: keep its response with its writes, or say why it is not kept
+    (not a response, a stream, a status that is not stored, too large, fenced out)."""
+
+    __slots__ = ()
 
     def finish(self, response: Any) -> HttpResponseBase:
         """Store a storable response with the view's writes, or release the key.
@@ -655,44 +675,6 @@ class Claim:
             response, stand_in.status_code, storable_headers(stand_in), stand_in.content
         )
 
-    def discard(self, response: HttpResponseBase) -> HttpResponseBase:
-        """Send ``response`` without storing it: undo the view's writes, free the key."""
-        return self._end_unstored(response, commit=False, reason="rejected")
-
-    def _end_unstored(
-        self, response: HttpResponseBase, *, commit: bool, reason: str
-    ) -> HttpResponseBase:
-        self._ended = True
-        try:
-            self._close_atomic(commit=commit)
-        except DatabaseError as exc:
-            logger.exception("Could not commit the view's writes for key %r.", self.key)
-            self._release("store_failed")
-            self._emit(signals.store_unavailable, "store_unavailable", error=exc)
-            return _store_unavailable(self.settings)
-        except BaseException:
-            # An on_commit hook of the view raised after its writes committed: the key
-            # is still freed, then the error goes on to Django's handling.
-            self._release(reason)
-            raise
-        self._release(reason)
-        return response
-
-    def _store_failed(self, response: HttpResponseBase, exc: DatabaseError) -> HttpResponseBase:
-        # self.atomic, not "is the block still open": the block is already closed (rolled
-        # back) when the view asked for a rollback or lost its connection mid-transaction.
-        self._ended = True
-        was_atomic = self.atomic
-        self._close_atomic(commit=False)
-        if was_atomic:
-            # Nothing the view wrote was kept, so the client may safely retry.
-            self._release("store_failed")
-            self._emit(signals.store_unavailable, "store_unavailable", error=exc)
-            return _store_unavailable(self.settings)
-        # ATOMIC = False: the view's effects happened and cannot be undone. Send its
-        # response; the key frees itself when its lease ends.
-        return response
-
     def _fenced_out(self, response: HttpResponseBase) -> HttpResponseBase:
         """Another request took the key over after this one's lease ran out."""
         was_atomic = self.atomic
@@ -720,6 +702,81 @@ class Claim:
             return replay(existing.status, existing.headers or [], existing.body or b"")
         self._emit(signals.conflict, "conflict", reason="locked", status=409)
         return _locked(self.settings)
+
+
+class Claim(_StoringEnding):
+    """A key this request holds: the context manager around the view's call.
+
+    Entering it opens the view's transaction (``ATOMIC``) and makes the key current;
+    leaving it stores the response the adapter handed in (``response``) or, when the
+    view raised, rolls the view's writes back and frees the key. Every adapter runs
+    its view the same way::
+
+        with claim:
+            if claim.began:
+                claim.response = view(request, *args, **kwargs)
+        return claim.response
+
+    ``async with`` does the same around an async view; the store's calls then run in
+    the request's sync thread (``sync_to_async``), so they share one connection and
+    transaction. Where a framework ends the view in another hook than the one that
+    starts it (the middleware, the DRF mixin, django-ninja), the adapter keeps the
+    entered claim on the request and exits it from the hook where the view ends,
+    as an ``ExitStack`` would.
+
+    When the transaction cannot begin (the database failed), the view must not run:
+    ``began`` is False, the key is already freed, and ``response`` is the 503. When
+    the view raised and the database went away under it, leaving answers 503
+    instead of the error (it returns True, so the error is not raised again).
+    """
+
+    __slots__ = ()
+
+    def __enter__(self) -> Claim:
+        try:
+            self._open_atomic()
+        except BaseException as exc:
+            answer = self.abort(exc)
+            if not isinstance(exc, DatabaseError):
+                raise
+            if answer is None:
+                self._emit(signals.store_unavailable, "store_unavailable", error=exc)
+                answer = _store_unavailable(self.settings)
+            self.response = answer
+            return self
+        self.began = True
+        self.activate()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        if not self.began:
+            return False
+        self.deactivate()
+        if exc is None:
+            response = self.response
+            self.response = self.discard(response) if self.rejected else self.finish(response)
+            return False
+        answer = self.abort(exc)
+        if answer is None:
+            return False
+        self.response = answer
+        return True
+
+    async def __aenter__(self) -> Claim:
+        return await sync_to_async(self.__enter__)()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        return await sync_to_async(self.__exit__)(exc_type, exc, traceback)
 
 
 def _read_key(

@@ -3,7 +3,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest
 from django.http.response import HttpResponseBase
 
@@ -73,13 +73,16 @@ class IdempotencyMiddleware:
             # Past Django's own handling (DEBUG_PROPAGATE_EXCEPTIONS, SystemExit from a
             # worker timeout, ...): free the key now, and leave nothing current on the
             # thread, which serves the next request.
-            self._give_up(request, exc)
+            claim: engine.Claim | None = request.__dict__.pop(_CLAIM_ATTR, None)
+            if claim is not None:
+                claim.__exit__(type(exc), exc, exc.__traceback__)
             raise
-        claim: engine.Claim | None = request.__dict__.pop(_CLAIM_ATTR, None)
+        claim = request.__dict__.pop(_CLAIM_ATTR, None)
         if claim is None:
             return response
-        claim.deactivate()
-        return claim.finish(response)
+        claim.response = response
+        claim.__exit__(None, None, None)
+        return claim.response
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
         self._buffer_body(request)
@@ -87,22 +90,17 @@ class IdempotencyMiddleware:
             response: HttpResponseBase = await self.get_response(request)  # type: ignore[misc]
         except BaseException as exc:
             # A client that went away cancels the task (CancelledError).
-            if _CLAIM_ATTR in request.__dict__:
-                await sync_to_async(self._give_up)(request, exc)
+            claim: engine.Claim | None = request.__dict__.pop(_CLAIM_ATTR, None)
+            if claim is not None:
+                await claim.__aexit__(type(exc), exc, exc.__traceback__)
             raise
-        claim: engine.Claim | None = request.__dict__.pop(_CLAIM_ATTR, None)
+        claim = request.__dict__.pop(_CLAIM_ATTR, None)
         if claim is None:
             return response
-        claim.deactivate()
-        # Same thread as process_view, so the same connection and transaction.
-        return await sync_to_async(claim.finish)(response)
-
-    @staticmethod
-    def _give_up(request: HttpRequest, exc: BaseException) -> None:
-        claim: engine.Claim | None = request.__dict__.pop(_CLAIM_ATTR, None)
-        if claim is not None:
-            claim.deactivate()
-            claim.abort(exc)
+        # In the sync thread of process_view, so the same connection and transaction.
+        claim.response = response
+        await claim.__aexit__(None, None, None)
+        return claim.response  # type: ignore[no-any-return]
 
     @staticmethod
     def _buffer_body(request: HttpRequest) -> None:
@@ -122,10 +120,9 @@ class IdempotencyMiddleware:
         # writes roll back (ATOMIC), as under @idempotent. A database that went away
         # under the view is a 503, not a 500.
         claim: engine.Claim | None = request.__dict__.pop(_CLAIM_ATTR, None)
-        if claim is None:
+        if claim is None or not claim.__exit__(type(exception), exception, exception.__traceback__):
             return None
-        claim.deactivate()
-        return claim.abort(exception)
+        return claim.response  # type: ignore[no-any-return]
 
     def process_view(
         self,
@@ -163,10 +160,11 @@ class IdempotencyMiddleware:
         outcome = engine.start(request, request, view=view_class or view_func)
         if outcome is None or isinstance(outcome, HttpResponseBase):
             return outcome
-        answer = outcome.begin()
-        if answer is not None:
-            return answer
-        setattr(request, _CLAIM_ATTR, outcome)
-        # Under ASGI this context change reaches the view: asgiref copies it back.
-        outcome.activate()
+        # The view runs inside the claim, from here to the hook where it ends: __call__,
+        # process_exception, or a BaseException past Django's handling. Under ASGI the
+        # key made current here reaches the view: asgiref copies the context back.
+        claim = outcome.__enter__()
+        if not claim.began:
+            return claim.response  # type: ignore[no-any-return]
+        request.__dict__[_CLAIM_ATTR] = claim
         return None

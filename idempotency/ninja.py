@@ -72,7 +72,8 @@ def auth_scope(request: HttpRequest) -> str:
 
 
 def _finisher(run: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap ninja's ``Operation.run``: store (or free) the key with the final response."""
+    """Wrap ninja's ``Operation.run``: exit the claim its operation entered, with the
+    final response (stored, or the key freed)."""
     if iscoroutinefunction(run):
 
         @functools.wraps(run)
@@ -82,16 +83,15 @@ def _finisher(run: Callable[..., Any]) -> Callable[..., Any]:
                 response = await run(request, *args, **kwargs)
             except BaseException as exc:
                 claim = request.__dict__.pop(_CLAIM_ATTR, None)
-                if claim is None:
+                if claim is None or not await claim.__aexit__(type(exc), exc, exc.__traceback__):
                     raise
-                answer = await sync_to_async(claim.abort)(exc)
-                if answer is None:
-                    raise
-                return answer
+                return claim.response
             claim = request.__dict__.pop(_CLAIM_ATTR, None)
             if claim is None:
                 return response
-            return await sync_to_async(claim.finish)(response)
+            claim.response = response
+            await claim.__aexit__(None, None, None)
+            return claim.response
 
         return async_run
 
@@ -102,16 +102,15 @@ def _finisher(run: Callable[..., Any]) -> Callable[..., Any]:
             response = run(request, *args, **kwargs)
         except BaseException as exc:
             claim = request.__dict__.pop(_CLAIM_ATTR, None)
-            if claim is None:
+            if claim is None or not claim.__exit__(type(exc), exc, exc.__traceback__):
                 raise
-            answer = claim.abort(exc)
-            if answer is None:
-                raise
-            return answer
+            return claim.response
         claim = request.__dict__.pop(_CLAIM_ATTR, None)
         if claim is None:
             return response
-        return claim.finish(response)
+        claim.response = response
+        claim.__exit__(None, None, None)
+        return claim.response
 
     return sync_run
 
@@ -169,16 +168,19 @@ def idempotent(
             )
 
         def claim(request: HttpRequest, wrapper: Any) -> Any:
+            """Claim the key and enter the claim: the operation then runs inside it,
+            until the end of ninja's run exits it (or the operation raises)."""
             if not request.__dict__.pop(_RUN_ATTR, False):
                 # Called as a plain function (from another operation, a test): there is
                 # no end of ninja's run to store a response at, so nothing is claimed.
                 return None
             outcome = engine.start(request, request, claim_options, wrapper)
-            if isinstance(outcome, engine.Claim):
-                answer = outcome.begin()
-                if answer is not None:
-                    return answer
-                request.__dict__[_CLAIM_ATTR] = outcome
+            if not isinstance(outcome, engine.Claim):
+                return outcome
+            outcome.__enter__()
+            if not outcome.began:
+                return outcome.response  # the database failed to begin: 503
+            request.__dict__[_CLAIM_ATTR] = outcome
             return outcome
 
         if iscoroutinefunction(func):
@@ -187,22 +189,19 @@ def idempotent(
             async def async_operation(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
                 if _skip(request, options, async_operation):
                     return await func(request, *args, **kwargs)
+                # One trip to the sync thread; asgiref copies the key made current there.
                 outcome = await sync_to_async(claim)(request, async_operation)
                 if isinstance(outcome, HttpResponseBase):
                     return outcome  # a replay or an error: ninja sends it as it is
                 if outcome is None:
                     return await func(request, *args, **kwargs)
-                outcome.activate()
                 try:
                     return await func(request, *args, **kwargs)
                 except BaseException as exc:
                     request.__dict__.pop(_CLAIM_ATTR, None)
-                    answer = await sync_to_async(outcome.abort)(exc)
-                    if answer is None:
+                    if not await outcome.__aexit__(type(exc), exc, exc.__traceback__):
                         raise
-                    return answer  # the database went away under the operation: 503
-                finally:
-                    outcome.deactivate()
+                    return outcome.response  # the database went away under it: 503
 
             wrapper: Any = async_operation
         else:
@@ -216,19 +215,15 @@ def idempotent(
                     return outcome
                 if outcome is None:
                     return func(request, *args, **kwargs)
-                outcome.activate()
                 try:
                     return func(request, *args, **kwargs)
                 except BaseException as exc:
                     # ninja turns the exception into its error response; that is not
                     # stored, and the view's writes roll back, as under @idempotent.
                     request.__dict__.pop(_CLAIM_ATTR, None)
-                    answer = outcome.abort(exc)
-                    if answer is None:
+                    if not outcome.__exit__(type(exc), exc, exc.__traceback__):
                         raise
-                    return answer  # the database went away under the operation: 503
-                finally:
-                    outcome.deactivate()
+                    return outcome.response  # the database went away under it: 503
 
             wrapper = sync_operation
         wrapper.idempotency_managed = True

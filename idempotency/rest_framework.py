@@ -69,8 +69,8 @@ class IdempotencyMixin:
     idempotency_fingerprint_func: Any = None
     idempotency_scope_func: Any = None
 
+    #: The claim the view runs inside, from ``initial()`` to ``finalize_response()``.
     _idempotency_claim: engine.Claim | None = None
-    _idempotency_discard: bool = False
 
     # -- hooks --------------------------------------------------------------------------
 
@@ -120,8 +120,7 @@ class IdempotencyMixin:
             # current on the thread, which serves the next request.
             claim, self._idempotency_claim = self._idempotency_claim, None
             if claim is not None:
-                claim.deactivate()
-                claim.abort(exc)
+                claim.__exit__(type(exc), exc, exc.__traceback__)
             raise
 
     def initialize_request(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Request:
@@ -158,29 +157,27 @@ class IdempotencyMixin:
             return
         if not isinstance(outcome, engine.Claim):
             raise _Answer(outcome)
-        answer = outcome.begin()
-        if answer is not None:
-            raise _Answer(answer)
-        self._idempotency_claim = outcome
-        outcome.activate()
+        # The handler runs inside the claim; finalize_response() exits it (or
+        # handle_exception(), or dispatch() for a BaseException).
+        claim = outcome.__enter__()
+        if not claim.began:
+            raise _Answer(claim.response)
+        self._idempotency_claim = claim
 
     # Typed Any: DRF's stubs say Response, and a replay is a plain HttpResponse.
     def handle_exception(self, exc: Exception) -> Any:
         if isinstance(exc, _Answer):
             return exc.response
-        if isinstance(exc, _ACCESS_ERRORS):
-            self._idempotency_discard = True
+        claim = self._idempotency_claim
+        if claim is not None and isinstance(exc, _ACCESS_ERRORS):
+            claim.rejected = True
         try:
             response = super().handle_exception(exc)  # type: ignore[misc]
         except BaseException as error:
-            claim, self._idempotency_claim = self._idempotency_claim, None
-            if claim is not None:
-                claim.deactivate()
-            answer = claim.abort(error) if claim is not None else None
-            if answer is None:
+            self._idempotency_claim = None
+            if claim is None or not claim.__exit__(type(error), error, error.__traceback__):
                 raise
-            return answer
-        claim = self._idempotency_claim
+            return claim.response
         if claim is not None and claim.atomic:
             # The view raised (e.g. a ValidationError after a write): undo its writes and
             # store the error response on its own. DRF's handler only marks a rollback
@@ -190,16 +187,14 @@ class IdempotencyMixin:
 
     def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
         claim, self._idempotency_claim = self._idempotency_claim, None
-        if claim is not None:
-            claim.deactivate()
         try:
             response = super().finalize_response(request, response, *args, **kwargs)  # type: ignore[misc]
         except BaseException as error:
             if claim is not None:
-                claim.abort(error)
+                claim.__exit__(type(error), error, error.__traceback__)
             raise
         if claim is None:
             return response
-        if self._idempotency_discard:
-            return claim.discard(response)
-        return claim.finish(response)
+        claim.response = response
+        claim.__exit__(None, None, None)
+        return claim.response
