@@ -8,6 +8,7 @@ inside it (``with claim:``), which stores the response or frees the key.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from idempotency.context import CurrentKey, _activate
 from idempotency.fingerprints import BodyTooLarge, default_fingerprint
 from idempotency.keys import InvalidKey, parse_header, validate_key
 from idempotency.problems import problem
+from idempotency.store import COMPLETED, RELEASED, RUNNING
 
 logger = logging.getLogger("idempotency")
 
@@ -694,7 +696,7 @@ class _StoringEnding(_FreeingEnding):
             return _store_unavailable(self.settings)
         if (
             existing is not None
-            and existing.state == store_module.COMPLETED
+            and existing.state == COMPLETED
             and existing.fingerprint == self.fingerprint
             and existing.status is not None
         ):
@@ -943,6 +945,69 @@ class _Found:
 
 _MISMATCH = _Found(None, [], b"")
 
+# -- what a request finds -----------------------------------------------------------
+
+#: What happens to a request that finds its key's row already there.
+LOCKED = "locked"  # 409 idempotency_key_locked, or wait (CONCURRENT_WAIT)
+MISMATCH = "mismatch"  # idempotency_key_mismatch (MISMATCH_STATUS)
+REPLAY = "replay"  # the stored response; the view does not run
+TAKEOVER = "takeover"  # fence n+1 and a new lease; the view runs
+
+#: The row found (its state), its fingerprint against the request's, and its lease
+#: and TTL, against what happens: the table "What a request finds" of
+#: docs/how-it-works.rst, row for row and in its words (tests/test_engine.py
+#: compares the two). Finding no row is the INSERT's claim, before this table.
+# fmt: off
+FINDINGS: tuple[tuple[str, str, str, str], ...] = (
+    # row found  fingerprint   lease / TTL                       outcome
+    (RUNNING,    "same",       "lease live",                     LOCKED),
+    (RUNNING,    "different",  "lease live",                     MISMATCH),
+    (RUNNING,    "same",       "lease ran out",                  TAKEOVER),
+    (RUNNING,    "different",  "lease ran out, TTL not passed",  MISMATCH),
+    (RUNNING,    "different",  "lease ran out, TTL passed",      TAKEOVER),
+    (COMPLETED,  "same",       "TTL not passed",                 REPLAY),
+    (COMPLETED,  "different",  "TTL not passed",                 MISMATCH),
+    (COMPLETED,  "any",        "TTL passed",                     TAKEOVER),
+    (RELEASED,   "same",       "any",                            TAKEOVER),
+    (RELEASED,   "different",  "TTL not passed",                 MISMATCH),
+    (RELEASED,   "different",  "TTL passed",                     TAKEOVER),
+)
+# fmt: on
+
+#: What each word of the fingerprint and lease / TTL cells fixes, as (index, value)
+#: in (same fingerprint, lease live, TTL passed); "any" fixes nothing.
+_WORDS: dict[str, tuple[int, bool] | None] = {
+    "same": (0, True),
+    "different": (0, False),
+    "lease live": (1, True),
+    "lease ran out": (1, False),
+    "TTL passed": (2, True),
+    "TTL not passed": (2, False),
+    "any": None,
+}
+
+_Finding = tuple[str, bool, bool, bool]
+
+
+def _lookup(findings: tuple[tuple[str, str, str, str], ...]) -> dict[_Finding, str]:
+    """``findings`` as one entry per (state, same fingerprint, lease live, TTL passed)
+    that a row covers, so that a claim looks its outcome up once."""
+    table: dict[_Finding, str] = {}
+    for state, fingerprint, lease_ttl, outcome in findings:
+        words = [_WORDS[fingerprint], *(_WORDS[word] for word in lease_ttl.split(", "))]
+        fixed = [word for word in words if word is not None]
+        for same, live, passed in itertools.product((True, False), repeat=3):
+            case = (same, live, passed)
+            if all(case[index] == value for index, value in fixed):
+                finding = (state, same, live, passed)
+                if finding in table:
+                    raise ValueError(f"Two rows of the table cover {finding}.")
+                table[finding] = outcome
+    return table
+
+
+_OUTCOMES = _lookup(FINDINGS)
+
 
 def _claim_once(
     store: store_module.Store,
@@ -954,7 +1019,8 @@ def _claim_once(
     lease: float,
     ttl: float,
 ) -> _Claimed | _Found | None:
-    """Claim the key; or find what to answer instead; or None if it is locked."""
+    """Claim the key; or find what to answer instead (:data:`FINDINGS`); or None if
+    it is locked."""
     for _attempt in range(3):
         now = timezone.now()
         lease_until = now + timedelta(seconds=lease)
@@ -973,23 +1039,18 @@ def _claim_once(
             return _Claimed(found, 1)
         if found is None:
             continue  # the row went away between the insert and the read
-        same = found.fingerprint == fingerprint
-        if found.state == store_module.RUNNING:
-            if found.lease_live:
-                return None if same else _MISMATCH
-            if not (same or found.expired):
-                return _MISMATCH
-        elif found.state == store_module.COMPLETED and not found.expired:
-            if not same:
-                return _MISMATCH
-            if found.status is None:
-                return None
-            return _Found(found.status, found.headers or [], found.body or b"")
-        elif found.state == store_module.RELEASED and not (same or found.expired):
-            # Nothing was stored, so a retry runs again; but the key still names the
-            # request it was first used for, until its TTL.
+        outcome = _OUTCOMES.get(
+            (found.state, found.fingerprint == fingerprint, found.lease_live, found.expired),
+            TAKEOVER,  # a state the app never writes: the takeover's UPDATE refuses it
+        )
+        if outcome == LOCKED:
+            return None
+        if outcome == MISMATCH:
             return _MISMATCH
-        # Released, expired, or abandoned by a worker whose lease ran out.
+        if outcome == REPLAY:
+            if found.status is None:
+                return None  # completed without a stored response: treated as locked
+            return _Found(found.status, found.headers or [], found.body or b"")
         if store.take_over(
             found,
             fingerprint=fingerprint,
