@@ -1051,6 +1051,7 @@ def _claim_once(
             if found.status is None:
                 return None  # completed without a stored response: treated as locked
             return _Found(found.status, found.headers or [], found.body or b"")
+        # TAKEOVER: released, expired, or abandoned by a worker whose lease ran out.
         if store.take_over(
             found,
             fingerprint=fingerprint,
