@@ -5,7 +5,9 @@ when unset). For PostgreSQL, MariaDB and MySQL the server is probed once at
 start-up: when it cannot be reached, every test is skipped with the reason instead
 of failing one by one. Tests marked ``@pytest.mark.postgres`` or
 ``@pytest.mark.mysql`` (MariaDB or MySQL) are skipped on other backends. The stress
-suite (``tests/stress``) is collected only with ``--stress``.
+suite (``tests/stress``) is collected only with ``--stress``. A test module that needs
+a package beyond ``requirements/tests.txt`` skips when it is missing, naming the
+requirements file that installs it (``pytest.importorskip`` at its top).
 """
 
 from __future__ import annotations
@@ -147,6 +149,16 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     if engine == "sqlite3" and not test_name:
         return [f"database: {engine}, test database in memory"]
     return [f"database: {engine}, test database {test_name or 'test_' + str(db.get('NAME'))}"]
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Without ``--stress``, do not import the stress suite at all: its modules need
+    packages (hypothesis, uvicorn, ...) that the rest of the suite does not."""
+    if config.getoption("stress"):
+        return None
+    if collection_path == STRESS_DIR or STRESS_DIR in collection_path.parents:
+        return True
+    return None
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

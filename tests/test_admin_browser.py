@@ -45,7 +45,7 @@ NAVIGATION_TIMEOUT = 20_000
 
 sync_api = pytest.importorskip(
     "playwright.sync_api",
-    reason="playwright is not installed (pip install -r requirements/tests.txt)",
+    reason="playwright is not installed (tox -e browser; pip install -r requirements/browser.txt)",
 )
 
 pytestmark = [

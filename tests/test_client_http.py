@@ -51,6 +51,11 @@ from idempotency.client.requests import RequestsTransport
 from idempotency.models import OutgoingOperation
 from tests.stress.harness import ROOT, Database, Server, manage, send, sqlite_database
 
+# The provider runs under gunicorn (``python -m gunicorn``, in a process of its own).
+pytest.importorskip(
+    "gunicorn", reason="gunicorn is not installed (pip install -r requirements/servers.txt)"
+)
+
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 SOCKET_TIMEOUT = 30.0  # seconds; never reached when green

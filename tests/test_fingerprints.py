@@ -16,6 +16,11 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
+
+pytest.importorskip(
+    "hypothesis", reason="hypothesis is not installed (pip install -r requirements/property.txt)"
+)
+
 from django.contrib.auth.models import Group, User
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.http import HttpRequest, HttpResponse, JsonResponse

@@ -19,6 +19,9 @@ from typing import Any
 import pytest
 
 pytest.importorskip("drf_spectacular")
+pytest.importorskip(
+    "hypothesis", reason="hypothesis is not installed (pip install -r requirements/property.txt)"
+)
 
 import jsonschema
 import yaml
