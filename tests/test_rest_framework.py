@@ -473,6 +473,22 @@ def test_malformed_key(middleware: bool, alice: User, value: str) -> None:
     assert IdempotencyKey.objects.count() == 0
 
 
+@pytest.mark.parametrize("value", ["", "a,b", "fine-key"])
+@pytest.mark.parametrize("method", ["put", "patch", "delete"])
+def test_a_method_without_a_handler_is_drfs_405_whatever_the_key(
+    middleware: bool, alice: User, method: str, value: str
+) -> None:
+    # The list route has no PUT, PATCH or DELETE: DRF answers 405, and the key is
+    # neither read nor claimed, valid or not.
+    response = getattr(token_client(alice), method)(
+        "/orders/", b"{}", content_type="application/json", HTTP_IDEMPOTENCY_KEY=value
+    )
+
+    assert response.status_code == 405
+    assert "Idempotent-Replayed" not in response.headers
+    assert IdempotencyKey.objects.count() == 0
+
+
 def test_no_key_is_unprotected(middleware: bool, alice: User) -> None:
     client = token_client(alice)
     assert_fresh(post(client, "/orders/"))
