@@ -483,6 +483,18 @@ def test_async_call_retries_and_records() -> None:
     assert OutgoingOperation.objects.get().attempts == 2
 
 
+@committed
+def test_a_cancelled_async_call_gives_its_lease_back() -> None:
+    # A client that went away cancels the task in the middle of a send.
+    transport = AsyncScript(asyncio.CancelledError())
+    with pytest.raises(asyncio.CancelledError):
+        async_to_sync(acall)(provider(transport), "charge", "cancelled", "POST", URL, json={})
+
+    operation = OutgoingOperation.objects.get(reference="cancelled")
+    assert (operation.state, operation.attempts, operation.lease_token) == ("pending", 1, "")
+    assert len(transport.sent) == 1
+
+
 # -- a provider without keys ----------------------------------------------------------
 
 

@@ -14,7 +14,7 @@ import json as jsonlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -643,6 +643,102 @@ def _as_answer(found: Any) -> Answer | None:
     raise TypeError(f"reconcile() must return an Answer or None, not {type(found).__name__}.")
 
 
+@dataclass(frozen=True)
+class _Db:
+    """A step of :func:`_attempts`: a database write, run in Django's sync thread."""
+
+    write: Callable[..., Any]
+    args: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Send:
+    """A step of :func:`_attempts`: send the request through the transport."""
+
+    request: OutgoingRequest
+    timeout: float
+
+
+@dataclass(frozen=True)
+class _Reconcile:
+    """A step of :func:`_attempts`: ask the provider's reconcile function."""
+
+
+@dataclass(frozen=True)
+class _Sleep:
+    """A step of :func:`_attempts`: wait before the next attempt."""
+
+    seconds: float
+
+
+_Step = _Db | _Send | _Reconcile | _Sleep
+
+
+def _attempts(
+    provider: Provider,
+    operation: OutgoingOperation,
+    headers: Mapping[str, str] | None,
+    token: str,
+) -> Generator[_Step, Any, Outcome]:
+    """The attempts of one call, written once for :func:`drive` and :func:`adrive`.
+
+    It yields each step that does I/O, and the driver runs the step, sync or async,
+    and sends its result back in, or throws its exception in. It returns the
+    :class:`Outcome`, or raises; the lease is given back whenever it ends without a
+    recorded ending, an exception thrown in (a cancelled task) included.
+    """
+    run = _Run(provider, operation, token)
+    done = False
+    try:
+        blind = _needs_reconcile(provider, operation)
+        while True:
+            if blind:
+                try:
+                    found = _as_answer((yield _Reconcile()))
+                except Exception as exc:
+                    done = True
+                    raise (yield _Db(run.reconcile_failed, (exc,))) from exc
+                if found is not None:
+                    done = True
+                    outcome: Outcome = yield _Db(run.settle, (found, provider.judge(found), None))
+                    return outcome
+            wired = wire_request(provider, operation, headers)
+            attempt = yield _Db(_start_attempt, (operation, token, run.lease))
+            if attempt is None:
+                raise OperationBusy(f"Outgoing operation {operation}: its lease was taken over.")
+            run.sent += 1
+            error: TransportError | None = None
+            try:
+                answer, response = yield _Send(wired, run.timeout())
+            except TransportError as exc:
+                error, run.answer, run.error = exc, None, _describe(exc)
+                yield _Db(_finish_attempt, (attempt, None, run.error, Verdict.RETRY))
+            except Exception as exc:
+                # Not a network error (a bad URL, a bug): it may have been sent, so the
+                # outcome is unknown; the exception is the caller's to see.
+                run.answer, run.error = None, _describe(exc)
+                yield _Db(_finish_attempt, (attempt, None, run.error, None))
+                done = True
+                yield _Db(run.give_up)
+                raise
+            else:
+                verdict = provider.judge(answer)
+                yield _Db(_finish_attempt, (attempt, answer.status, "", verdict))
+                if verdict is not Verdict.RETRY:
+                    done = True
+                    outcome = yield _Db(run.settle, (answer, verdict, response))
+                    return outcome
+                run.answer, run.error = answer, ""
+            delay, blind = run.next_delay(transient_error=error)
+            if delay is None:
+                done = True
+                raise (yield _Db(run.give_up))
+            yield _Sleep(delay)
+    finally:
+        if not done:
+            yield _Db(_release, (operation, token))
+
+
 def drive(
     provider: Provider,
     operation: OutgoingOperation,
@@ -662,55 +758,27 @@ def drive(
     token = _claim_or_raise(provider, operation, resend_completed)
     if token is None:
         return Outcome.from_record(operation)
-    run = _Run(provider, operation, token)
-    done = False
-    try:
-        blind = _needs_reconcile(provider, operation)
-        while True:
-            if blind:
+    steps = _attempts(provider, operation, headers, token)
+    result: Any = None
+    failure: BaseException | None = None
+    while True:
+        try:
+            step = steps.send(result) if failure is None else steps.throw(failure)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        result, failure = None, None
+        try:
+            if isinstance(step, _Db):
+                result = step.write(*step.args)
+            elif isinstance(step, _Send):
+                result = provider.transport.send(step.request, timeout=step.timeout)
+            elif isinstance(step, _Reconcile):
                 assert provider.reconcile is not None
-                try:
-                    found = _as_answer(provider.reconcile(operation))
-                except Exception as exc:
-                    done = True
-                    raise run.reconcile_failed(exc) from exc
-                if found is not None:
-                    done = True
-                    return run.settle(found, provider.judge(found), None)
-            wired = wire_request(provider, operation, headers)
-            attempt = _start_attempt(operation, token, run.lease)
-            if attempt is None:
-                raise OperationBusy(f"Outgoing operation {operation}: its lease was taken over.")
-            run.sent += 1
-            error: TransportError | None = None
-            try:
-                answer, response = provider.transport.send(wired, timeout=run.timeout())
-            except TransportError as exc:
-                error, run.answer, run.error = exc, None, _describe(exc)
-                _finish_attempt(attempt, None, run.error, Verdict.RETRY)
-            except Exception as exc:
-                # Not a network error (a bad URL, a bug): it may have been sent, so the
-                # outcome is unknown; the exception is the caller's to see.
-                run.answer, run.error = None, _describe(exc)
-                _finish_attempt(attempt, None, run.error, None)
-                done = True
-                run.give_up()
-                raise
+                result = provider.reconcile(operation)
             else:
-                verdict = provider.judge(answer)
-                _finish_attempt(attempt, answer.status, "", verdict)
-                if verdict is not Verdict.RETRY:
-                    done = True
-                    return run.settle(answer, verdict, response)
-                run.answer, run.error = answer, ""
-            delay, blind = run.next_delay(transient_error=error)
-            if delay is None:
-                done = True
-                raise run.give_up()
-            time.sleep(delay)
-    finally:
-        if not done:
-            _release(operation, token)
+                time.sleep(step.seconds)
+        except BaseException as exc:
+            failure = exc
 
 
 async def adrive(
@@ -727,56 +795,30 @@ async def adrive(
     token = await sync_to_async(_claim_or_raise)(provider, operation, resend_completed)
     if token is None:
         return Outcome.from_record(operation)
-    run = _Run(provider, operation, token)
-    done = False
-    try:
-        blind = _needs_reconcile(provider, operation)
-        while True:
-            if blind:
+    steps = _attempts(provider, operation, headers, token)
+    result: Any = None
+    failure: BaseException | None = None
+    while True:
+        try:
+            step = steps.send(result) if failure is None else steps.throw(failure)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        result, failure = None, None
+        try:
+            if isinstance(step, _Db):
+                result = await sync_to_async(step.write)(*step.args)
+            elif isinstance(step, _Send):
+                result = await provider.transport.asend(step.request, timeout=step.timeout)
+            elif isinstance(step, _Reconcile):
                 assert provider.reconcile is not None
-                try:
-                    if inspect.iscoroutinefunction(provider.reconcile):
-                        found = _as_answer(await provider.reconcile(operation))
-                    else:
-                        found = _as_answer(await sync_to_async(provider.reconcile)(operation))
-                except Exception as exc:
-                    done = True
-                    raise await sync_to_async(run.reconcile_failed)(exc) from exc
-                if found is not None:
-                    done = True
-                    return await sync_to_async(run.settle)(found, provider.judge(found), None)
-            wired = wire_request(provider, operation, headers)
-            attempt = await sync_to_async(_start_attempt)(operation, token, run.lease)
-            if attempt is None:
-                raise OperationBusy(f"Outgoing operation {operation}: its lease was taken over.")
-            run.sent += 1
-            error: TransportError | None = None
-            try:
-                answer, response = await provider.transport.asend(wired, timeout=run.timeout())
-            except TransportError as exc:
-                error, run.answer, run.error = exc, None, _describe(exc)
-                await sync_to_async(_finish_attempt)(attempt, None, run.error, Verdict.RETRY)
-            except Exception as exc:
-                run.answer, run.error = None, _describe(exc)
-                await sync_to_async(_finish_attempt)(attempt, None, run.error, None)
-                done = True
-                await sync_to_async(run.give_up)()
-                raise
+                if inspect.iscoroutinefunction(provider.reconcile):
+                    result = await provider.reconcile(operation)
+                else:
+                    result = await sync_to_async(provider.reconcile)(operation)
             else:
-                verdict = provider.judge(answer)
-                await sync_to_async(_finish_attempt)(attempt, answer.status, "", verdict)
-                if verdict is not Verdict.RETRY:
-                    done = True
-                    return await sync_to_async(run.settle)(answer, verdict, response)
-                run.answer, run.error = answer, ""
-            delay, blind = run.next_delay(transient_error=error)
-            if delay is None:
-                done = True
-                raise await sync_to_async(run.give_up)()
-            await asyncio.sleep(delay)
-    finally:
-        if not done:
-            await sync_to_async(_release)(operation, token)
+                await asyncio.sleep(step.seconds)
+        except BaseException as exc:
+            failure = exc
 
 
 def call(
