@@ -310,6 +310,7 @@ DIFFERENCES: dict[str, tuple[str, bool, str, bytes, str]] = {
     "query": ("POST", False, "?a=2&b=2", BODY, JSON),
     "query-order": ("POST", False, "?b=2&a=1", BODY, JSON),
     "query-added": ("POST", False, "?a=1&b=2&c=3", BODY, JSON),
+    "query-dropped": ("POST", False, "", BODY, JSON),
     "content-type": ("POST", False, "?a=1&b=2", BODY, "text/plain"),
     "content-type-params": ("POST", False, "?a=1&b=2", BODY, JSON + "; charset=latin-1"),
     "method": ("PUT", False, "?a=1&b=2", BODY, JSON),
